@@ -2,11 +2,34 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field
+
+from fabstir_tui.config_sources import (
+    ConfigError,
+    Layer,
+    build_config,
+    cli_layer,
+    env_layer,
+    file_layer,
+    schema_fields,
+    show_value,
+)
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "LoadedConfig",
+    "config_as_json",
+    "format_config_show",
+    "load_config",
+]
 
 APP_NAME = "fabstir-tui"
 
@@ -72,3 +95,94 @@ class Config(_Section):
     inference: InferenceSection = Field(default_factory=InferenceSection)
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     ui: UiSection = Field(default_factory=UiSection)
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """The effective config plus, for every dotted key, the source that set it."""
+
+    config: Config
+    sources: dict[str, str]
+    config_file: Path | None = None
+
+    def values(self) -> dict[str, object]:
+        """Every dotted key with its JSON-ready value, in schema order."""
+        dumped = self.config.model_dump(mode="json")
+        return {
+            f"{section}.{key}": value
+            for section, table in dumped.items()
+            for key, value in table.items()
+        }
+
+
+def default_config_file() -> Path:
+    return default_config_dir() / "config.toml"
+
+
+def _pick_config_file(
+    config_file: Path | None, env: Mapping[str, str], default_file: Path | None
+) -> tuple[Path | None, str | None]:
+    """Return the file to read and who named it (None: the optional default location)."""
+    if config_file is not None:
+        return Path(config_file).expanduser().absolute(), ""
+    named = env.get("FABSTIR_CONFIG", "")
+    if named:
+        return Path(named).expanduser().absolute(), "env FABSTIR_CONFIG: "
+    path = default_file if default_file is not None else default_config_file()
+    return (path, None) if path.is_file() else (None, None)
+
+
+def load_config(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cli: Mapping[str, object] | None = None,
+    cli_labels: Mapping[str, str] | None = None,
+    *,
+    default_file: Path | None = None,
+) -> LoadedConfig:
+    """Merge defaults < TOML file < FABSTIR_* env < flags, or raise ConfigError with every problem.
+
+    `cli` maps dotted keys ("inference.threads") to typed values or strings; None means not
+    given. `cli_labels` maps a dotted key to the flag that set it ("--threads") for provenance.
+    `env` defaults to os.environ; `default_file` overrides the platform config location.
+    """
+    environ: Mapping[str, str] = os.environ if env is None else env
+    fields = schema_fields(Config)
+    problems: list[str] = []
+    layers: list[Layer] = []
+    path, named_by = _pick_config_file(config_file, environ, default_file)
+    if path is not None and named_by is not None and not path.exists():
+        problems.append(f"{named_by}config file {path} does not exist")
+        path = None
+    if path is not None:
+        layers.append(file_layer(path, fields, problems))
+    layers.append(env_layer(environ, fields, problems))
+    layers.append(cli_layer(cli or {}, cli_labels or {}, fields, problems))
+    config, sources = build_config(Config, layers, problems)
+    return LoadedConfig(config=config, sources=sources, config_file=path)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list):
+        return ", ".join(_cell(v) for v in value) if value else "(empty)"
+    if isinstance(value, str):
+        return value
+    return show_value(value)
+
+
+def format_config_show(loaded: LoadedConfig) -> str:
+    """An aligned key / value / source table for `fabstir-tui config show`."""
+    rows = [("key", "value", "source")]
+    rows += [(k, _cell(v), loaded.sources[k]) for k, v in loaded.values().items()]
+    key_w = max(len(r[0]) for r in rows)
+    value_w = max(len(r[1]) for r in rows)
+    lines = [f"{k:<{key_w}}  {v:<{value_w}}  {s}" for k, v, s in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def config_as_json(loaded: LoadedConfig) -> dict[str, dict[str, object]]:
+    """Key -> {value, source} for `fabstir-tui config show --json`."""
+    return {
+        key: {"value": value, "source": loaded.sources[key]}
+        for key, value in loaded.values().items()
+    }

@@ -43,13 +43,22 @@ class Store:
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the node database {path}: {exc}") from exc
+        try:
+            # busy_timeout first: switching to WAL needs a lock another process may hold.
+            self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=5000")
-        except sqlite3.DatabaseError as exc:
+        except sqlite3.Error as exc:
+            self._db.close()
             raise StoreError(f"cannot open the node database {path}: {exc}") from exc
-        self._migrate(migrations)
+        try:
+            self._migrate(migrations)
+        except BaseException:
+            self._db.close()
+            raise
 
     @property
     def schema_version(self) -> int:
@@ -63,9 +72,16 @@ class Store:
                 f"program knows ({len(migrations)}); upgrade fabstir-tui or use another data dir"
             )
         for version, migration in enumerate(migrations[current:], start=current + 1):
-            with self.transaction() as db:
-                migration(db)
-                db.execute(f"PRAGMA user_version={version}")
+            try:
+                with self.transaction() as db:
+                    migration(db)
+                    db.execute(f"PRAGMA user_version={version}")
+            except Exception as exc:
+                raise StoreError(
+                    f"cannot upgrade the node database {self.path} to schema version {version} "
+                    f"({getattr(migration, '__name__', 'migration')}): {exc}; it was left at "
+                    f"version {version - 1}"
+                ) from exc
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

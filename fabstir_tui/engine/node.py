@@ -1,0 +1,180 @@
+"""Node: owns the engine's services and is the only door the UI and CLI use to command them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from fabstir_tui.config import Config
+from fabstir_tui.engine.events import (
+    EventBus,
+    GpuSnapshot,
+    HostSnapshot,
+    LoadedModel,
+    LogLevel,
+    LogRecorded,
+    ModelInfo,
+    NodeStateChanged,
+    OperatorActionRecorded,
+)
+from fabstir_tui.engine.inference.manager import ModelManager
+from fabstir_tui.engine.inference.registry import ModelRegistry
+from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError, TokenStream
+from fabstir_tui.engine.store import Store
+from fabstir_tui.engine.telemetry.service import TelemetryService
+
+NodeState = Literal["starting", "running", "stopping", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSnapshot:
+    """Everything a status line needs at one instant."""
+
+    name: str
+    state: NodeState
+    loaded: tuple[LoadedModel, ...]
+    models: tuple[ModelInfo, ...]
+    gpu: GpuSnapshot | None
+    host: HostSnapshot | None
+    read_only: bool
+
+
+class Node:
+    """One node: store, model registry, inference workers and telemetry, started and stopped
+    together; operator commands are methods here and each leaves an audit line."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.bus = EventBus()
+        self.state: NodeState = "stopped"
+        data_dir = config.paths.data_dir
+        self.store: Store | None = None
+        self.models = ModelManager(config.inference, bus=self.bus)
+        self.telemetry = TelemetryService(config.telemetry, self.bus, data_dir)
+        self._registry: ModelRegistry | None = None
+        self._logs: deque[LogRecorded] = deque(maxlen=5000)
+        self._audit: deque[OperatorActionRecorded] = deque(maxlen=1000)
+        self._log_sub = self.bus.subscribe(LogRecorded, OperatorActionRecorded, maxsize=10_000)
+        self._log_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def registry(self) -> ModelRegistry:
+        if self._registry is None:
+            raise RuntimeError("the node has not been started")
+        return self._registry
+
+    async def start(self) -> None:
+        self._set_state("starting")
+        self.bus.bind(asyncio.get_running_loop())
+        self._log_task = asyncio.create_task(self._keep_logs(), name="node-logbook")
+        data_dir = self.config.paths.data_dir
+        self.store = await asyncio.to_thread(Store, data_dir / "node.db")
+        for ts, action, detail, outcome in self.store.recent_audit():
+            self._audit.append(
+                OperatorActionRecorded(action=action, detail=detail, outcome=outcome, ts=ts)
+            )
+        self._registry = ModelRegistry(list(self.config.paths.models_dirs), self.store, self.bus)
+        await asyncio.to_thread(self._registry.scan)
+        self._registry.start_hashing()
+        self.telemetry.start()
+        self._set_state("running")
+        self.log("info", "node", f"node {self.config.node.name} started")
+
+    async def stop(self) -> None:
+        if self.state in ("stopping", "stopped"):
+            return
+        self._set_state("stopping")
+        await self.models.stop()
+        self.telemetry.stop()
+        if self._registry is not None:
+            await asyncio.to_thread(self._registry.stop)
+        self._set_state("stopped")
+        self.log("info", "node", "node stopped")
+        await asyncio.sleep(0)
+        if self._log_task is not None:
+            self._log_sub.close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._log_task
+        if self.store is not None:
+            self.store.close()
+
+    def _set_state(self, state: NodeState, detail: str = "") -> None:
+        self.state = state
+        self.bus.publish(NodeStateChanged(state=state, detail=detail))
+
+    async def _keep_logs(self) -> None:
+        async for event in self._log_sub:
+            if isinstance(event, LogRecorded):
+                self._logs.append(event)
+            elif isinstance(event, OperatorActionRecorded):
+                self._audit.append(event)
+
+    # --- logs and audit -------------------------------------------------------------------
+
+    def log(self, level: LogLevel, source: str, message: str) -> None:
+        self.bus.publish(LogRecorded(level=level, source=source, message=message))
+
+    def recent_logs(self) -> list[LogRecorded]:
+        return list(self._logs)
+
+    def recent_audit(self) -> list[OperatorActionRecorded]:
+        return list(self._audit)
+
+    def record_action(self, action: str, detail: str, outcome: str) -> None:
+        """Every operator action leaves a durable audit line."""
+        event = OperatorActionRecorded(action=action, detail=detail, outcome=outcome)
+        if self.store is not None:
+            self.store.append_audit(event.ts, action, detail, outcome)
+        self.bus.publish(event)
+
+    # --- commands -------------------------------------------------------------------------
+
+    async def scan_models(self) -> list[ModelInfo]:
+        models = await asyncio.to_thread(self.registry.scan)
+        self.registry.start_hashing()
+        return models
+
+    def list_models(self) -> list[ModelInfo]:
+        return self.registry.models()
+
+    def loaded_models(self) -> list[LoadedModel]:
+        return self.models.loaded()
+
+    async def load_model(self, path: str | Path) -> LoadedModel:
+        name = Path(path).name
+        try:
+            model = await self.models.load(str(path))
+        except InferenceError as exc:
+            self.record_action("load model", name, f"failed: {exc}")
+            raise
+        self.record_action("load model", name, f"loaded in {model.load_s:.2f} s")
+        return model
+
+    async def unload_model(self, path: str | Path) -> None:
+        name = Path(path).name
+        try:
+            await self.models.unload(str(path))
+        except InferenceError as exc:
+            self.record_action("unload model", name, f"failed: {exc}")
+            raise
+        self.record_action("unload model", name, "unloaded")
+
+    def generate(self, path: str | Path, request: GenerationRequest) -> TokenStream:
+        return self.models.generate(str(path), request)
+
+    def snapshot(self) -> NodeSnapshot:
+        return NodeSnapshot(
+            name=self.config.node.name,
+            state=self.state,
+            loaded=tuple(self.models.loaded()),
+            models=tuple(self._registry.models()) if self._registry else (),
+            gpu=self.telemetry.latest_gpu(),
+            host=self.telemetry.latest_host(),
+            read_only=self.config.node.read_only,
+        )
