@@ -227,6 +227,15 @@ class ModelRegistry:
         if thread is not None:
             thread.join(timeout)
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the hasher runs out of work (no cancel); True when it has."""
+        with self._lock:
+            thread = self._thread
+        if thread is None:
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
     def _hash_loop(self, cancel: threading.Event) -> None:
         me = threading.current_thread()
         try:
