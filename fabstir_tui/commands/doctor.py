@@ -59,7 +59,7 @@ def check_llama_build(gpu_present: bool) -> Check:
             "warn",
             detail,
             "a GPU is present but this build cannot use it: rebuild with "
-            "LLAMA_EXTRA_CMAKE_ARGS=-DGGML_CUDA=ON scripts/build-llama-wheel.sh",
+            'LLAMA_EXTRA_CMAKE_ARGS="-DGGML_CUDA=ON" make bootstrap',
         )
     return Check("llama.cpp build", "ok", detail)
 

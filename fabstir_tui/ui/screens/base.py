@@ -1,0 +1,161 @@
+"""What every live screen shares: its own engine feed, the status header and a draw throttle."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, cast
+
+from textual.reactive import var
+from textual.screen import Screen
+
+from fabstir_tui.engine import events as ev
+from fabstir_tui.engine.node import Node, NodeSnapshot
+from fabstir_tui.ui import messages as msg
+from fabstir_tui.ui.bridge import EngineFeed
+from fabstir_tui.ui.widgets.status_header import StatusHeader
+
+if TYPE_CHECKING:
+    from fabstir_tui.ui.app import FabstirApp
+
+HEADER_EVENTS: tuple[type[ev.Event], ...] = (
+    ev.NodeStateChanged,
+    ev.GpuSampled,
+    ev.HostSampled,
+    ev.ModelLoaded,
+    ev.ModelUnloaded,
+    ev.ModelWorkerDied,
+    ev.ModelLoadFailed,
+)
+
+
+def gpu_summary(snapshot: ev.GpuSnapshot | None) -> str:
+    """The GPU in a dozen characters: utilisation and the hottest temperature."""
+    if snapshot is None:
+        return "GPU …"
+    if not snapshot.available or not snapshot.devices:
+        return "no GPU (CPU)"
+    devices = snapshot.devices
+    utils = [d.utilisation_pct for d in devices if d.utilisation_pct is not None]
+    temps = [d.temperature_c for d in devices if d.temperature_c is not None]
+    util = f"{sum(utils) / len(utils):.0f}%" if utils else "—%"
+    temp = f" {max(temps):.0f}°C" if temps else ""
+    if len(devices) == 1:
+        name = devices[0].name.removeprefix("NVIDIA ").removeprefix("GeForce ")
+        return f"{name} {util}{temp}"
+    return f"{len(devices)}×GPU {util}{temp}"
+
+
+def host_summary(host: ev.HostSnapshot | None) -> str:
+    if host is None:
+        return ""
+    ram = 100.0 * host.ram_used_bytes / host.ram_total_bytes if host.ram_total_bytes else 0.0
+    return f"CPU {host.cpu_pct:.0f}% RAM {ram:.0f}%"
+
+
+def model_summary(loaded: tuple[ev.LoadedModel, ...]) -> str:
+    if not loaded:
+        return "no model loaded"
+    if len(loaded) == 1:
+        return loaded[0].name
+    return f"{len(loaded)} models loaded"
+
+
+class LiveScreen(Screen[None]):
+    """A screen fed by the engine: its feed's worker lives and dies with the screen.
+
+    State lives in `var`s (no repaint of the whole screen); telemetry is drawn at most
+    `ui.refresh_hz` times a second, and only while the screen is the one on display.
+    Subclasses extend `FEED_EVENTS`, `live_mount`, `draw_telemetry` and `models_changed`.
+    """
+
+    FEED_EVENTS: ClassVar[tuple[type[ev.Event], ...]] = ()
+
+    gpu: var[ev.GpuSnapshot | None] = var(None)
+    host: var[ev.HostSnapshot | None] = var(None)
+    loaded: var[tuple[ev.LoadedModel, ...]] = var(tuple)
+
+    def __init__(self, node: Node, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.node = node
+        self.feed = EngineFeed(self, node.bus, (*HEADER_EVENTS, *self.FEED_EVENTS))
+        self._telemetry_dirty = False
+
+    @property
+    def fabstir(self) -> FabstirApp:
+        return cast("FabstirApp", self.app)
+
+    @property
+    def header(self) -> StatusHeader:
+        return self.query_one(StatusHeader)
+
+    def on_mount(self) -> None:
+        self.feed.start()  # subscribe before reading the snapshot, so nothing falls between
+        snapshot = self.node.snapshot()
+        self.gpu, self.host, self.loaded = snapshot.gpu, snapshot.host, snapshot.loaded
+        header = self.header
+        header.node_name = snapshot.name
+        header.read_only = snapshot.read_only
+        header.node_state = snapshot.state
+        self.live_mount(snapshot)
+        self.models_changed()
+        self.draw_telemetry()
+        self.set_interval(1.0 / self.node.config.ui.refresh_hz, self._flush)
+
+    def on_unmount(self) -> None:
+        self.feed.close()
+
+    def on_screen_resume(self) -> None:
+        self._flush()
+
+    # --- hooks --------------------------------------------------------------------------
+
+    def live_mount(self, snapshot: NodeSnapshot) -> None:
+        """Seed the screen's own widgets from the node's state at mount."""
+
+    def draw_telemetry(self) -> None:
+        """Draw the newest GPU and host readings; subclasses call super() first."""
+        header = self.header
+        header.gpu_text = gpu_summary(self.gpu)
+        header.host_text = host_summary(self.host)
+
+    def models_changed(self) -> None:
+        """The set of loaded models changed; subclasses call super() first."""
+        self.header.model_text = model_summary(self.loaded)
+
+    # --- feed handlers --------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        if self._telemetry_dirty and self.is_current:
+            self._telemetry_dirty = False
+            with self.app.batch_update():
+                self.draw_telemetry()
+
+    def on_engine_gpu_sampled(self, message: msg.GpuSampled) -> None:
+        self.gpu = message.event.snapshot
+        self._telemetry_dirty = True
+
+    def on_engine_host_sampled(self, message: msg.HostSampled) -> None:
+        self.host = message.event.snapshot
+        self._telemetry_dirty = True
+
+    def on_engine_node_state_changed(self, message: msg.NodeStateChanged) -> None:
+        self.header.node_state = message.event.state
+
+    def on_engine_model_loaded(self, message: msg.ModelLoaded) -> None:
+        model = message.event.model
+        self.loaded = (*[m for m in self.loaded if m.path != model.path], model)
+        self.models_changed()
+
+    def on_engine_model_unloaded(self, message: msg.ModelUnloaded) -> None:
+        self._drop_loaded(message.event.path)
+
+    def on_engine_model_worker_died(self, message: msg.ModelWorkerDied) -> None:
+        self._drop_loaded(message.event.path)
+        self.fabstir.announce_failure(message.event)
+
+    def on_engine_model_load_failed(self, message: msg.ModelLoadFailed) -> None:
+        self.fabstir.announce_failure(message.event)
+
+    def _drop_loaded(self, path: str) -> None:
+        if any(m.path == path for m in self.loaded):
+            self.loaded = tuple(m for m in self.loaded if m.path != path)
+            self.models_changed()
