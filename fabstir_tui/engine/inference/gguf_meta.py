@@ -56,7 +56,6 @@ CHAT_TEMPLATE_KEY = "tokenizer.chat_template"
 
 _STRING = 8
 _ARRAY = 9
-_UINT32 = 4
 _SCALAR_FORMATS: dict[int, str] = {
     0: "B",
     1: "b",

@@ -82,17 +82,18 @@ class GpuPanel(Vertical):
 
     def on_mount(self) -> None:
         self._ready = True
-        if self._history:
-            self._draw(self._history[-1])
+        self.draw()
 
-    def add_reading(self, device: GpuDevice) -> None:
-        """Append one reading and redraw what it changed (on mount, if not mounted yet)."""
+    def record(self, device: GpuDevice) -> None:
+        """Keep a reading; drawing waits for `draw`, so a hidden screen only records."""
         self._history.append(device)
-        if self._ready:
-            self._draw(device)
 
-    def _draw(self, device: GpuDevice) -> None:
+    def draw(self) -> None:
+        """Show the newest reading and the history; leaf rows repaint only if they changed."""
+        if not self._ready or not self._history:
+            return
         history = list(self._history)
+        device = history[-1]
         self.border_title = f"GPU{device.index} {device.name}"
         util = self.query_one("#gpu-util", MetricRow)
         util.value_text = fmt.percent(device.utilisation_pct)

@@ -14,11 +14,15 @@ VALUE_WIDTH = 16
 
 
 def bar_levels(samples: Sequence[float | None], maximum: float) -> list[int]:
-    """Each sample as 0..8 eighths of `maximum`; any reading above zero shows at least one."""
+    """Each sample as 0..8 eighths of `maximum`: a missing reading is blank, a zero reading a
+    muted floor (see `_style_for`), and any reading above zero at least one eighth."""
     levels: list[int] = []
     for sample in samples:
-        if sample is None or maximum <= 0 or sample <= 0:
+        if sample is None or maximum <= 0:
             levels.append(0)
+            continue
+        if sample <= 0:
+            levels.append(1)
             continue
         eighths = int(min(1.0, sample / maximum) * 8 + 0.999)
         levels.append(max(1, min(8, eighths)))
@@ -56,7 +60,7 @@ class MetricRow(Widget):
         self.hot_at = hot_at
 
     def _style_for(self, sample: float | None) -> str:
-        if sample is None:
+        if sample is None or sample <= 0:
             return "$text-muted"
         if self.hot_at is not None and sample >= self.hot_at:
             return "$gpu-hot"

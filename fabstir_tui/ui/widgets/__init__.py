@@ -1,0 +1,1 @@
+"""Leaf widgets (reactive) and the containers that arrange them, one panel per module."""
