@@ -84,7 +84,9 @@ def _config(ctx: click.Context, extra: dict[str, object] | None = None) -> Confi
 @click.option("--read-only", is_flag=True, default=None, help="Disable every on-chain action.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
-def main_group(ctx: click.Context, config_file: Path | None, headless: bool, **flags: Any) -> None:
+def main_group(
+    ctx: click.Context, /, config_file: Path | None, headless: bool, **flags: Any
+) -> None:
     """Sell LLM inference on the Fabstir marketplace from your terminal."""
     ctx.obj = Settings(config_file, flags)
     if ctx.invoked_subcommand is None:

@@ -60,8 +60,8 @@ class ModelDetail(Widget):
     }
     """
 
-    row: reactive[RowState | None] = reactive(None)
-    dirs: reactive[tuple[str, ...]] = reactive(tuple)
+    row: reactive[RowState | None] = reactive(None, layout=True)
+    dirs: reactive[tuple[str, ...]] = reactive(tuple, layout=True)
 
     def on_mount(self) -> None:
         self.border_title = "Selected"

@@ -39,8 +39,8 @@ class ModelPanel(Widget):
     }
     """
 
-    loaded: reactive[tuple[LoadedModel, ...]] = reactive(tuple)
-    last_runs: reactive[tuple[tuple[str, RunFigures], ...]] = reactive(tuple)
+    loaded: reactive[tuple[LoadedModel, ...]] = reactive(tuple, layout=True)
+    last_runs: reactive[tuple[tuple[str, RunFigures], ...]] = reactive(tuple, layout=True)
     generating: reactive[frozenset[str]] = reactive(frozenset)
 
     def on_mount(self) -> None:

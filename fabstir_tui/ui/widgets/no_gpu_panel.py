@@ -19,8 +19,8 @@ class NoGpuPanel(Widget):
     }
     """
 
-    reason: reactive[str | None] = reactive(None)
-    waiting: reactive[bool] = reactive(True)
+    reason: reactive[str | None] = reactive(None, layout=True)
+    waiting: reactive[bool] = reactive(True, layout=True)
 
     def on_mount(self) -> None:
         self.border_title = "GPU"
