@@ -266,9 +266,7 @@ class EventBus:
         """Remember the loop so threads can publish through `publish_threadsafe`."""
         self._loop = loop
 
-    def subscribe(
-        self, *kinds: type[Event], maxsize: int = 1000
-    ) -> Subscription:
+    def subscribe(self, *kinds: type[Event], maxsize: int = 1000) -> Subscription:
         sub = Subscription(self, kinds or None, maxsize)
         self._subs.append(sub)
         return sub

@@ -85,7 +85,8 @@ class ModelOwner:
             from llama_cpp import llama_chat_format
 
             install_log_router(self.out)
-            self.out.send(ev="progress", stage="loading weights", fraction=0.35)
+            install_load_progress(self.out)
+            self.out.send(ev="progress", stage="loading weights", fraction=0.2)
             llm = llama_cpp.Llama(
                 model_path=message["path"],
                 n_ctx=int(message["n_ctx"]),
@@ -226,6 +227,37 @@ def _first_stop(text: str, stops: list[str]) -> int | None:
 
 
 _log_callback_ref: Any = None
+_progress_callback_ref: Any = None
+
+
+def install_load_progress(out: FrameWriter) -> None:
+    """Report llama.cpp's real weight-loading progress: a big model on a slow disk takes
+    minutes, and the bindings expose no hook, so every model-params struct gets ours."""
+    import llama_cpp
+
+    global _progress_callback_ref
+    if _progress_callback_ref is not None:
+        return
+    last = [-1.0]
+
+    @llama_cpp.llama_progress_callback  # type: ignore[misc]
+    def _callback(fraction: float, _user: ctypes.c_void_p) -> bool:
+        if fraction - last[0] >= 0.02 or fraction >= 1.0:
+            last[0] = fraction
+            out.send(ev="progress", stage="loading weights", fraction=0.2 + 0.7 * fraction)
+        return True
+
+    import llama_cpp.llama_cpp as bindings  # the module Llama() calls through
+
+    original = bindings.llama_model_default_params
+
+    def params_with_progress() -> Any:
+        params = original()
+        params.progress_callback = _callback
+        return params
+
+    _progress_callback_ref = _callback
+    bindings.llama_model_default_params = params_with_progress
 
 
 def install_log_router(out: FrameWriter) -> None:

@@ -47,6 +47,7 @@ class DashboardScreen(LiveScreen):
 
     def draw_telemetry(self) -> None:
         super().draw_telemetry()
+        self.set_class(self.gpu is not None and not self.gpu.available, "-no-gpu")
         self.query_one(GpuArea).show(self.gpu)
         self.query_one(HostPanel).snapshot = self.host
 

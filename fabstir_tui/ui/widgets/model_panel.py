@@ -82,7 +82,7 @@ class ModelPanel(Widget):
                     ("  TTFT ", "$text-muted"),
                     (fmt.seconds(run.ttft_s), "bold"),
                     ("  ", ""),
-                    f"{run.completion_tokens} tok ({run.finish_reason})",
+                    f"{run.completion_tokens} tok",
                 )
             )
         return Content("\n").join(lines)
