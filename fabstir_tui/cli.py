@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,11 +69,11 @@ def _config(ctx: click.Context, extra: dict[str, object] | None = None) -> Confi
 @click.version_option(__version__, prog_name="fabstir-tui")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML config file.")
 @click.option("--headless", is_flag=True, help="Run the node without a screen; logs on stderr.")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Store, caches and state.")
+@click.option("--data-dir", type=click.Path(), help="Store, caches and state.")
 @click.option(
     "--models-dir",
     multiple=True,
-    type=click.Path(path_type=Path),
+    type=click.Path(),
     help="Folder with GGUF models (repeatable).",
 )
 @click.option("--threads", type=int, help="llama.cpp threads (0 = physical cores).")
@@ -80,7 +81,7 @@ def _config(ctx: click.Context, extra: dict[str, object] | None = None) -> Confi
 @click.option("--ctx-size", type=int, help="Context length in tokens.")
 @click.option("--theme", help="UI theme name.")
 @click.option("--gpu-backend", type=click.Choice(["auto", "nvml", "replay", "none"]))
-@click.option("--replay-file", type=click.Path(path_type=Path), help="Recorded NVML readings.")
+@click.option("--replay-file", type=click.Path(), help="Recorded NVML readings.")
 @click.option("--read-only", is_flag=True, default=None, help="Disable every on-chain action.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 @click.pass_context
@@ -91,6 +92,15 @@ def main_group(
     ctx.obj = Settings(config_file, flags)
     if ctx.invoked_subcommand is None:
         ctx.exit(_run_node(ctx, headless=headless))
+
+
+def _set_outside_defaults(ctx: click.Context, key: str) -> bool:
+    """Whether a file, env var or flag set `paths.<key>` (the demo keeps operator choices)."""
+    settings: Settings = ctx.obj
+    try:
+        return settings.load().sources.get(f"paths.{key}", "default") != "default"
+    except ConfigError:
+        return False
 
 
 def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: bool = False) -> int:
@@ -107,7 +117,10 @@ def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: b
                 "(run `make bootstrap`)"
             )
         base: Config = _config(ctx)
-        extra = {"paths.models_dirs": [*base.paths.models_dirs, model.parent]}
+        # The demo shows the bundled model, plus the operator's own folders if they named any.
+        named = _set_outside_defaults(ctx, "models_dirs")
+        dirs = [*base.paths.models_dirs, model.parent] if named else [model.parent]
+        extra = {"paths.models_dirs": dirs}
         if "paths.data_dir" not in ctx.obj.cli:
             extra["paths.data_dir"] = base.paths.data_dir / "demo"
     config = _config(ctx, extra)
@@ -221,11 +234,18 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry: no traceback ever reaches an operator for a handled failure."""
+    """Console-script entry: an unexpected failure is one sentence, unless debugging."""
     try:
         main_group.main(standalone_mode=True)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except Exception as exc:
+        if os.environ.get("FABSTIR_DEBUG"):
+            raise
+        sys.exit(
+            fail(
+                f"internal error: {type(exc).__name__}: {exc} (rerun with FABSTIR_DEBUG=1 for "
+                "the traceback and report it)"
+            )
+        )
 
 
 if __name__ == "__main__":

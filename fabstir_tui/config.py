@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fabstir_tui.config_sources import (
     ConfigError,
@@ -61,6 +61,15 @@ class PathsSection(_Section):
     cache_dir: Path = Field(default_factory=default_cache_dir)
     models_dirs: list[Path] = Field(default_factory=lambda: [default_data_dir() / "models"])
 
+    @field_validator("data_dir", "cache_dir", "models_dirs", mode="after")
+    @classmethod
+    def _not_empty(cls, value: Path | list[Path]) -> Path | list[Path]:
+        """An empty string would silently mean the current folder (and walk it for models)."""
+        for path in value if isinstance(value, list) else [value]:
+            if str(path) in ("", "."):
+                raise ValueError("must be a folder path, not empty")
+        return value
+
 
 class InferenceSection(_Section):
     threads: int = Field(default=0, ge=0, le=512, description="0 = physical cores")
@@ -77,8 +86,8 @@ class InferenceSection(_Section):
 class TelemetrySection(_Section):
     gpu_backend: Literal["auto", "nvml", "replay", "none"] = "auto"
     replay_file: Path | None = None
-    interval_s: float = Field(default=1.0, gt=0, le=60)
-    slow_interval_s: float = Field(default=30.0, gt=0, le=3600)
+    interval_s: float = Field(default=1.0, ge=0.005, le=60)
+    slow_interval_s: float = Field(default=30.0, ge=0.005, le=3600)
     history: int = Field(default=120, ge=2, le=10_000)
 
 

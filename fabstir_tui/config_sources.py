@@ -230,6 +230,9 @@ def file_layer(path: Path, fields: Fields, problems: list[str]) -> Layer:
     """Read a TOML file; relative paths in it are relative to the file's own folder."""
     source = f"file {path}"
     layer = Layer(strict=True)
+    if path.exists() and not path.is_file():
+        problems.append(f"{source} is not a regular file")
+        return layer
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)

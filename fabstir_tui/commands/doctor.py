@@ -12,7 +12,8 @@ from typing import Literal
 
 from fabstir_tui.commands.output import EXIT_FAILED, EXIT_OK, emit_json, human_bytes
 from fabstir_tui.config import LoadedConfig
-from fabstir_tui.engine.inference.gguf_meta import GgufError, read_gguf
+from fabstir_tui.engine.events import EventBus
+from fabstir_tui.engine.inference.registry import ModelRegistry
 from fabstir_tui.engine.telemetry.service import probe_gpu
 
 Verdict = Literal["ok", "warn", "fail", "not_available"]
@@ -37,10 +38,18 @@ _LLAMA_PROBE = (
 
 def check_llama_build(gpu_present: bool) -> Check:
     """Probe in a child: a broken libllama (SIGILL on an old CPU) must not kill doctor."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _LLAMA_PROBE], capture_output=True, text=True, timeout=60
-    )
-    if proc.returncode != 0:
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _LLAMA_PROBE], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        return Check(
+            "llama.cpp build",
+            "fail",
+            "loading llama_cpp took over 2 minutes",
+            "check the disk and rerun; `make bootstrap` rebuilds the wheel",
+        )
+    if proc.returncode != 0 or not proc.stdout.strip().startswith("{"):
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return Check(
             "llama.cpp build",
@@ -84,53 +93,55 @@ def check_gpu() -> Check:
 
 
 def check_models(dirs: list[Path]) -> Check:
-    found: list[Path] = []
-    missing = [d for d in dirs if not d.is_dir()]
-    for d in dirs:
-        if d.is_dir():
-            found.extend(sorted(d.rglob("*.gguf")))
-    bad = []
-    for path in found:
-        try:
-            read_gguf(path)
-        except GgufError as exc:
-            bad.append(str(exc))
+    """The same discovery and parsing the node uses, so doctor and `models list` agree."""
+    models = ModelRegistry(dirs, None, EventBus()).scan()
+    bad = [m for m in models if m.error]
     where = ", ".join(str(d) for d in dirs)
     if bad:
         return Check(
             "models folder",
             "warn",
-            f"{len(found)} GGUF file(s) in {where}; {len(bad)} unusable: " + "; ".join(bad[:3]),
+            f"{len(models)} GGUF file(s) in {where}; {len(bad)} unusable: "
+            + "; ".join(str(m.error) for m in bad[:3]),
             "replace or remove the broken files",
         )
-    if not found:
+    if not models:
+        missing = [d for d in dirs if not d.expanduser().exists()]
         fix = "put .gguf files there or name a folder with --models-dir / paths.models_dirs"
         if missing:
             return Check(
-                "models folder",
-                "warn",
-                "folder(s) missing: " + ", ".join(str(d) for d in missing),
-                fix,
+                "models folder", "warn", "missing: " + ", ".join(str(d) for d in missing), fix
             )
         return Check("models folder", "warn", f"no GGUF files in {where}", fix)
-    return Check("models folder", "ok", f"{len(found)} GGUF file(s) in {where}")
+    return Check("models folder", "ok", f"{len(models)} GGUF file(s) in {where}")
 
 
-def check_disk(data_dir: Path) -> Check:
+def check_data_dir(data_dir: Path) -> Check:
+    """The store lives here: it must be (or become) a writable folder with room."""
+    if data_dir.exists() and not data_dir.is_dir():
+        return Check(
+            "data dir",
+            "fail",
+            f"{data_dir} exists but is not a folder",
+            "choose another --data-dir or paths.data_dir",
+        )
     probe = data_dir
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    usage = shutil.disk_usage(probe)
-    detail = f"{human_bytes(usage.free)} free of {human_bytes(usage.total)} at {probe}"
-    if usage.free < 1 * GIB:
-        return Check("free disk", "fail", detail, "free space: the store and logs need room")
-    if usage.free < 10 * GIB:
-        return Check("free disk", "warn", detail, "models need several GiB each; free space")
-    if not os.access(probe, os.W_OK):
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
         return Check(
-            "free disk", "fail", f"{probe} is not writable", "choose a writable --data-dir"
+            "data dir",
+            "fail",
+            f"{probe} is not a writable folder",
+            "choose a writable --data-dir or paths.data_dir",
         )
-    return Check("free disk", "ok", detail)
+    usage = shutil.disk_usage(probe)
+    detail = f"{data_dir}: {human_bytes(usage.free)} free of {human_bytes(usage.total)}"
+    if usage.free < 1 * GIB:
+        return Check("data dir", "fail", detail, "free space: the store and logs need room")
+    if usage.free < 10 * GIB:
+        return Check("data dir", "warn", detail, "models need several GiB each; free space")
+    return Check("data dir", "ok", detail)
 
 
 def run_doctor(loaded: LoadedConfig | None, config_error: str | None, as_json: bool) -> int:
@@ -152,7 +163,7 @@ def run_doctor(loaded: LoadedConfig | None, config_error: str | None, as_json: b
     checks.append(check_llama_build(gpu.verdict == "ok"))
     if loaded is not None:
         checks.append(check_models(list(loaded.config.paths.models_dirs)))
-        checks.append(check_disk(loaded.config.paths.data_dir))
+        checks.append(check_data_dir(loaded.config.paths.data_dir))
     ok = all(c.verdict != "fail" for c in checks)
     if as_json:
         emit_json({"ok": ok, "checks": [asdict(c) for c in checks]})

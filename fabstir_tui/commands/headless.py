@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from fabstir_tui.commands.output import EXIT_FAILED, EXIT_OK, fail
+from fabstir_tui.commands.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
 from fabstir_tui.engine.events import (
     LogRecorded,
     ModelLoadProgress,
@@ -17,8 +17,10 @@ from fabstir_tui.engine.events import (
 )
 from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError
 from fabstir_tui.engine.node import Node
+from fabstir_tui.engine.store import StoreError
 
 _RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3}
+EXIT_INTERRUPTED = 130
 DEMO_PROMPT = "In two sentences, what does a GPU do when it runs a language model?"
 
 
@@ -29,13 +31,21 @@ def _stamp(ts: float) -> str:
 async def _print_events(node: Node) -> None:
     floor = _RANK[node.config.node.log_level]
     sub = node.bus.subscribe(LogRecorded, OperatorActionRecorded, ModelLoadProgress)
+    shown: tuple[str, int] = ("", -1)  # a load's stage and quarter last printed
     async for ev in sub:
         if isinstance(ev, LogRecorded) and _RANK[ev.level] >= floor:
             line = f"{_stamp(ev.ts)} {ev.level.upper():<7} {ev.source}: {ev.message}"
         elif isinstance(ev, OperatorActionRecorded):
             line = f"{_stamp(ev.ts)} AUDIT   {ev.action} {ev.detail}: {ev.outcome}"
         elif isinstance(ev, ModelLoadProgress) and floor <= _RANK["info"]:
-            line = f"{_stamp(ev.ts)} INFO    loading {Path(ev.path).name}: {ev.stage}"
+            step = (ev.stage, int(ev.fraction * 4))
+            if step == shown:
+                continue  # a line per stage and per quarter, not per tensor
+            shown = step
+            line = (
+                f"{_stamp(ev.ts)} INFO    loading {Path(ev.path).name}: {ev.stage} "
+                f"({ev.fraction:.0%})"
+            )
         else:
             continue
         sys.stderr.write(line + "\n")
@@ -61,10 +71,20 @@ async def _demo_prompt(node: Node, model_path: str, prompt: str, max_tokens: int
     )
 
 
+async def _bring_up(node: Node, demo_model: Path | None, max_tokens: int) -> None:
+    await node.start()
+    if demo_model is not None:
+        model = await node.load_model(demo_model)
+        await _demo_prompt(node, model.path, DEMO_PROMPT, max_tokens)
+
+
 async def run_headless(
     node: Node, demo_model: Path | None = None, once: bool = False, max_tokens: int = 64
 ) -> int:
-    """Run until SIGTERM/SIGINT/SIGHUP, then stop cleanly (nothing is lost: see DESIGN §11.14)."""
+    """Run until SIGTERM/SIGINT/SIGHUP, then stop: workers exit, the store closes cleanly.
+
+    A signal during start-up, a model load or the demo prompt interrupts it at once.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -72,20 +92,30 @@ async def run_headless(
     printer = asyncio.create_task(_print_events(node))
     code = EXIT_OK
     try:
-        await node.start()
-        if demo_model is not None:
-            model = await node.load_model(demo_model)
-            await _demo_prompt(node, model.path, DEMO_PROMPT, max_tokens)
-        if not once:
-            node.log("info", "node", "running headless; SIGTERM or Ctrl-C stops the node")
-            await stop.wait()
-            node.log("info", "node", "signal received: stopping")
+        work = asyncio.create_task(_bring_up(node, demo_model, max_tokens))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            node.log("info", "node", "signal received during start-up: stopping")
+            code = EXIT_INTERRUPTED
+        else:
+            work.result()  # raises what start-up raised
+            if not once:
+                node.log("info", "node", "running headless; SIGTERM or Ctrl-C stops the node")
+                await stopper
+                node.log("info", "node", "signal received: stopping")
+        stopper.cancel()
     except InferenceError as exc:
         code = fail(str(exc), EXIT_FAILED)
+    except (StoreError, OSError) as exc:
+        code = fail(str(exc), EXIT_USAGE)
     finally:
         await node.stop()
-        await asyncio.sleep(0.05)  # let the printer flush the last lines
-        printer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await printer
+        await asyncio.sleep(0)
+        node.bus.close()  # ends the printer's subscription once it has drained
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(printer, 5)
     return code

@@ -10,6 +10,7 @@ from typing import Any
 
 from fabstir_tui.commands.output import (
     EXIT_OK,
+    EXIT_USAGE,
     emit_json,
     fail,
     human_bytes,
@@ -53,7 +54,7 @@ def models_list(config: Config, as_json: bool) -> int:
     try:
         store = Store(config.paths.data_dir / "node.db")
     except StoreError as exc:
-        return fail(str(exc))
+        return fail(str(exc), EXIT_USAGE)
     try:
         registry = ModelRegistry(list(config.paths.models_dirs), store, EventBus())
         models = registry.scan()
@@ -108,7 +109,9 @@ def models_inspect(config: Config, path: Path, as_json: bool) -> int:
     try:
         read_gguf(path)  # a bad file is an error here, not a row
         info = asyncio.run(_inspect(config, path))
-    except (GgufError, StoreError, OSError) as exc:
+    except StoreError as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except (GgufError, OSError) as exc:
         return fail(str(exc))
     if info.error:
         return fail(info.error)

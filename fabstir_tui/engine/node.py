@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,13 +88,22 @@ class Node:
         self.log("info", "node", f"node {self.config.node.name} started")
 
     async def stop(self) -> None:
+        """Stop every service even when one of them fails to stop, then close the store."""
         if self.state in ("stopping", "stopped"):
             return
         self._set_state("stopping")
-        await self.models.stop()
-        self.telemetry.stop()
-        if self._registry is not None:
-            await asyncio.to_thread(self._registry.stop)
+        registry = self._registry
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("inference workers", self.models.stop),
+            ("telemetry", lambda: asyncio.to_thread(self.telemetry.stop)),
+        ]
+        if registry is not None:
+            steps.append(("model hashing", lambda: asyncio.to_thread(registry.stop)))
+        for name, step in steps:
+            try:
+                await step()
+            except Exception as exc:
+                self.log("error", "node", f"stopping {name} failed: {exc}")
         self._set_state("stopped")
         self.log("info", "node", "node stopped")
         await asyncio.sleep(0)

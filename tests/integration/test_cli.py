@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 EXE = Path(sys.executable).parent / "fabstir-tui"
@@ -195,3 +196,74 @@ def test_headless_demo_once_streams_smollm(tmp_path: Path) -> None:
 def test_engine_version_flag() -> None:
     res = run("--version")
     assert res.returncode == 0 and "fabstir-tui" in res.stdout
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+def _wait_gone(procs: list[psutil.Process], limit_s: float = 30) -> list[psutil.Process]:
+    """Processes still alive after waiting up to `limit_s` for them to exit."""
+    _, alive = psutil.wait_procs(procs, timeout=limit_s)
+    return [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+
+
+def _demo(tmp_path: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            str(EXE),
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--gpu-backend",
+            "none",
+            "demo",
+            "--headless",
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_sigterm_during_model_load_stops_at_once_without_orphans(tmp_path: Path) -> None:
+    proc = _demo(tmp_path)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "loading SmolLM2" in line and "loading weights" in line:
+                break
+        workers = _children(proc.pid)
+        assert workers, "the model's worker process should be running by now"
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode in (0, 130), rest
+    assert "node stopped" in rest and "Traceback" not in rest
+    assert _wait_gone(workers) == []
+
+
+@pytest.mark.slow
+def test_worker_exits_when_the_node_is_killed(tmp_path: Path) -> None:
+    proc = _demo(tmp_path)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "running headless" in line:
+                break
+        workers = _children(proc.pid)
+        assert workers
+        proc.kill()  # SIGKILL: no clean-up code runs in the node
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # The worker notices its pipe closing and exits by itself: no orphan holds the model.
+    leftover = _wait_gone(workers)
+    for p in leftover:
+        p.kill()
+    assert leftover == []

@@ -123,7 +123,7 @@ async def test_prompt_longer_than_context_is_a_clear_error(
     with pytest.raises(InferenceError, match="context holds"):
         await stream.text()
     # The worker survives a refused request.
-    assert await manager.generate(model.path, PROMPT).text() is not None
+    assert await manager.generate(model.path, PROMPT).text()
 
 
 @pytest.mark.parametrize("fixture", ["truncated_gguf", "not_gguf"])
@@ -141,7 +141,7 @@ async def test_bad_files_fail_with_one_sentence(
     assert isinstance(failed[-1], ModelLoadFailed)
     # The engine keeps working.
     model = await manager.load(str(tiny_gguf))
-    assert await manager.generate(model.path, PROMPT).text() is not None
+    assert await manager.generate(model.path, PROMPT).text()
 
 
 async def test_missing_file(manager: ModelManager, tmp_path: Path) -> None:
@@ -157,6 +157,17 @@ async def test_cancel_before_start_is_honoured(manager: ModelManager, tiny_gguf:
     await first.text()
     await queued.text()
     assert queued.stats.finish_reason == "cancelled"
+    assert not queued.started and queued.stats.completion_tokens == 0
+    assert first.stats.finish_reason == "length" and first.stats.completion_tokens == 200
+
+
+STORY = GenerationRequest(
+    messages=(
+        {"role": "user", "content": "Write a long story about a dragon who learns to cook."},
+    ),
+    max_tokens=300,
+    temperature=0.0,
+)  # greedy, SmolLM2 runs all 300 tokens on this (measured): only we can end it sooner
 
 
 @pytest.mark.slow
@@ -184,12 +195,13 @@ async def test_cancel_mid_stream_smollm(manager: ModelManager, smollm_gguf: Path
 async def test_sigkill_mid_stream_then_reload(manager: ModelManager, smollm_gguf: Path) -> None:
     sub = manager.bus.subscribe(ModelWorkerDied, GenerationFailed)
     model = await manager.load(str(smollm_gguf))
-    stream = manager.generate(
-        model.path, GenerationRequest(prompt="Count to one hundred.", max_tokens=400)
-    )
+    stream = manager.generate(model.path, STORY)
+    killed = False
     with pytest.raises(WorkerDiedError, match="SIGKILL"):
         async for _ in stream:
-            os.kill(model.worker_pid, signal.SIGKILL)
+            if not killed:
+                os.kill(model.worker_pid, signal.SIGKILL)
+                killed = True
     events = await _collect(sub, ModelWorkerDied)
     died = [e for e in events if isinstance(e, ModelWorkerDied)]
     assert died and "SIGKILL" in died[0].reason and died[0].exit_code == -signal.SIGKILL
@@ -201,6 +213,31 @@ async def test_sigkill_mid_stream_then_reload(manager: ModelManager, smollm_gguf
     assert again.worker_pid != model.worker_pid
     text = await manager.generate(again.path, GenerationRequest(prompt="Hi", max_tokens=8)).text()
     assert text
+
+
+@pytest.mark.slow
+async def test_unload_mid_stream_says_so(manager: ModelManager, smollm_gguf: Path) -> None:
+    model = await manager.load(str(smollm_gguf))
+    stream = manager.generate(model.path, STORY)
+    with pytest.raises(WorkerDiedError, match="was unloaded while this request was running"):
+        async for _ in stream:
+            if manager.loaded():
+                await manager.unload(model.path)
+    assert not _pid_alive(model.worker_pid)
+
+
+async def test_seed_does_not_leak_into_unseeded_requests(
+    manager: ModelManager, tiny_gguf: Path
+) -> None:
+    model = await manager.load(str(tiny_gguf))
+
+    def req(seed: int) -> GenerationRequest:
+        return GenerationRequest(prompt="the", max_tokens=24, temperature=1.5, seed=seed)
+
+    seeded = [await manager.generate(model.path, req(42)).text() for _ in range(2)]
+    assert seeded[0] == seeded[1], "the same seed gives the same text"
+    unseeded = {await manager.generate(model.path, req(-1)).text() for _ in range(3)}
+    assert len(unseeded) > 1, "after a seeded request, unseeded ones must not repeat its seed"
 
 
 def _write_oversized_gguf(path: Path, total_bytes: int) -> Path:

@@ -321,7 +321,7 @@ async def test_replay_that_stops_at_its_end_says_so(tmp_path: Path) -> None:
     bus = EventBus()
     bus.bind(asyncio.get_running_loop())
     sub = bus.subscribe(GpuSampled)
-    config = _replay_config(H200, interval_s=0.001, history=100)
+    config = _replay_config(H200, interval_s=0.005, history=100)
     service = TelemetryService(config, bus, tmp_path, replay_loop=False)
     service.start()
     try:

@@ -24,8 +24,9 @@ from fabstir_tui.engine.events import (
     ModelWorkerDied,
 )
 from fabstir_tui.engine.inference.gguf_meta import GgufError, GgufInfo, read_gguf
+from fabstir_tui.engine.inference.registry import model_key
 from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError, TokenStream
-from fabstir_tui.engine.inference.worker_process import LoadSettings, WorkerProcess
+from fabstir_tui.engine.inference.worker_process import UNLOADED, LoadSettings, WorkerProcess
 
 GIB = 1024**3
 
@@ -58,6 +59,8 @@ class ModelManager:
         self._workers: dict[str, WorkerProcess] = {}
         self._loaded: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()
+        self._starting: dict[str, WorkerProcess] = {}
+        self._closed = False
         self.last_system_info: str | None = None
         self.gpu_offload: bool | None = None
 
@@ -65,7 +68,7 @@ class ModelManager:
         return list(self._loaded.values())
 
     def get(self, path: str) -> LoadedModel | None:
-        return self._loaded.get(str(Path(path).resolve()))
+        return self._loaded.get(model_key(path))
 
     def _log(self, level: LogLevel, message: str) -> None:
         self.bus.publish(LogRecorded(level=level, source="inference", message=message))
@@ -89,9 +92,11 @@ class ModelManager:
 
     async def load(self, path: str) -> LoadedModel:
         """Start a worker for `path` and load it; every failure is an event and an exception."""
-        path = str(Path(path).expanduser().resolve())
+        path = model_key(path)
         if path in self._loaded:
             return self._loaded[path]
+        if self._closed:
+            raise InferenceError("the node is stopping; it takes no new models")
         if path in self._loading:
             raise InferenceError(f"{Path(path).name} is already loading")
         self._loading.add(path)
@@ -109,7 +114,13 @@ class ModelManager:
             self.bus.publish(ModelLoadProgress(path=path, stage=stage, fraction=fraction))
 
         progress("checking the file", 0.01)
-        info = self.check(path)
+        info = await asyncio.to_thread(self.check, path)
+        if self.config.slots > 1:
+            self._log(
+                "warning",
+                f"inference.slots = {self.config.slots}: this version runs one request at a time "
+                "per model; the others wait in its queue",
+            )
         threads = self.config.threads or default_threads()
         settings = LoadSettings(
             path=path,
@@ -123,6 +134,7 @@ class ModelManager:
             seed=self.config.seed,
         )
         worker = WorkerProcess(path, self._worker_log, self._worker_exited)
+        self._starting[path] = worker
         try:
             loaded = await asyncio.wait_for(
                 worker.start(settings, progress), self.config.load_timeout_s
@@ -134,7 +146,16 @@ class ModelManager:
                 "raise inference.load_timeout_s or check the disk"
             ) from exc
         except InferenceError as exc:
+            if self._closed:
+                raise InferenceError(
+                    f"the node stopped while {Path(path).name} was loading"
+                ) from exc
             raise InferenceError(f"cannot load {Path(path).name}: {exc}") from exc
+        finally:
+            self._starting.pop(path, None)
+        if self._closed:
+            await worker.stop()
+            raise InferenceError(f"the node stopped while {Path(path).name} was loading")
         self.last_system_info = loaded.system_info
         self.gpu_offload = loaded.gpu_offload
         model = LoadedModel(
@@ -164,12 +185,12 @@ class ModelManager:
         if self._workers.get(path) is worker:
             del self._workers[path]
             self._loaded.pop(path, None)
-        if reason != "unloaded":
+        if reason != UNLOADED:
             self.bus.publish(ModelWorkerDied(path=path, reason=reason, exit_code=worker.returncode))
             self._log("error", reason + "; load the model again to restart it")
 
     async def unload(self, path: str) -> None:
-        path = str(Path(path).expanduser().resolve())
+        path = model_key(path)
         worker = self._workers.pop(path, None)
         self._loaded.pop(path, None)
         if worker is None:
@@ -180,7 +201,7 @@ class ModelManager:
 
     def generate(self, path: str, request: GenerationRequest) -> TokenStream:
         """Start a generation; the stream's end is reported on the bus for the dashboard."""
-        path = str(Path(path).expanduser().resolve())
+        path = model_key(path)
         worker = self._workers.get(path)
         if worker is None:
             raise InferenceError(f"{Path(path).name} is not loaded; load it first")
@@ -190,7 +211,7 @@ class ModelManager:
         return stream
 
     def queue_position(self, path: str, stream: TokenStream) -> int:
-        worker = self._workers.get(str(Path(path).resolve()))
+        worker = self._workers.get(model_key(path))
         return worker.queue_position(stream.request_id) if worker else 0
 
     def _report(self, path: str, stream: TokenStream) -> None:
@@ -215,5 +236,9 @@ class ModelManager:
         )
 
     async def stop(self) -> None:
+        """Stop every worker, including ones still loading; no load is accepted after this."""
+        self._closed = True
+        for worker in list(self._starting.values()):
+            await worker.stop(timeout_s=2)
         for path in list(self._workers):
             await self.unload(path)

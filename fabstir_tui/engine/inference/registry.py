@@ -65,7 +65,8 @@ class ModelRegistry:
     only), so the engine calls them through `asyncio.to_thread` or at start-up.
     """
 
-    def __init__(self, dirs: Sequence[Path], store: Store, bus: EventBus) -> None:
+    def __init__(self, dirs: Sequence[Path], store: Store | None, bus: EventBus) -> None:
+        """`store` caches hashes across runs; None (doctor) means no cache."""
         self._dirs = [Path(d) for d in dirs]
         self._store = store
         self._bus = bus
@@ -200,6 +201,8 @@ class ModelRegistry:
         return info, header
 
     def _cached(self, key: str, size: int, mtime_ns: int) -> str | None:
+        if self._store is None:
+            return None
         try:
             return self._store.cached_model_hash(key, size, mtime_ns)
         except sqlite3.Error as exc:
@@ -298,7 +301,8 @@ class ModelRegistry:
             after = self._stat(key)
             if (after.st_size, after.st_mtime_ns) != stamp:
                 raise _Changed(key)
-            self._store.save_model_hash(key, st.st_size, st.st_mtime_ns, digest)
+            if self._store is not None:
+                self._store.save_model_hash(key, st.st_size, st.st_mtime_ns, digest)
         with self._lock:
             current = self._models.get(key)
             if current is not None and (current.size_bytes, current.mtime_ns) == stamp:

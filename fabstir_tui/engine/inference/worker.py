@@ -7,6 +7,7 @@ import codecs
 import ctypes
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -30,7 +31,8 @@ class FrameWriter:
         data = encode_frame(message)
         with self._lock:
             try:
-                self._stream.write(data)
+                self._stream.write(data)  # buffered: loops over short writes for us
+                self._stream.flush()
             except (BrokenPipeError, OSError):
                 os._exit(0)  # the engine is gone: nothing left to serve
 
@@ -44,6 +46,7 @@ class ModelOwner:
         self.cancels: dict[str, threading.Event] = {}
         self.cancels_lock = threading.Lock()
         self.llm: Any = None
+        self.default_seed = -1
         self.chat_formatter: Any = None
         self.thread = threading.Thread(target=self._run, name="llama-owner", daemon=True)
 
@@ -72,7 +75,7 @@ class ModelOwner:
                 try:
                     self._generate(rid, message)
                 except Exception as exc:
-                    self.out.send(ev="failed", id=rid, reason=f"{type(exc).__name__}: {exc}")
+                    self.out.send(ev="failed", id=rid, reason=_safe_reason(exc, message))
                 finally:
                     with self.cancels_lock:
                         self.cancels.pop(rid, None)
@@ -116,6 +119,7 @@ class ModelOwner:
             )
             chat_format = "gguf"
         self.llm = llm
+        self.default_seed = int(message["seed"])
         self.out.send(
             ev="loaded",
             n_ctx=llm.n_ctx(),
@@ -165,9 +169,11 @@ class ModelOwner:
                 "shorten the prompt or raise inference.context_length"
             )
         max_tokens = min(int(message["max_tokens"]), n_ctx - len(tokens))
+        # Seed every request: a seed set by one request must not leak into the next.
         seed = int(message.get("seed", -1))
-        if seed >= 0:
-            llm.set_seed(seed)
+        if seed < 0:
+            seed = self.default_seed if self.default_seed >= 0 else random.getrandbits(31)
+        llm.set_seed(seed)
         stops: list[str] = [str(s) for s in message.get("stop") or []]
         self.out.send(ev="started", id=rid, prompt_tokens=len(tokens))
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -219,6 +225,17 @@ class ModelOwner:
             completion_tokens=produced,
             finish_reason=finish,
         )
+
+
+def _safe_reason(exc: Exception, message: dict[str, Any]) -> str:
+    """An error for the engine that never quotes the prompt (library errors sometimes do)."""
+    text = f"{type(exc).__name__}: {exc}"
+    secrets = [str(message.get("prompt") or "")]
+    secrets += [str(m.get("content", "")) for m in message.get("messages") or []]
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, "<prompt>")
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:
@@ -285,7 +302,7 @@ def install_log_router(out: FrameWriter) -> None:
 
 def main() -> int:
     """Speak frames on the original stdout; everything else printed goes to stderr."""
-    protocol = os.fdopen(os.dup(1), "wb", buffering=0)
+    protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     out = FrameWriter(protocol)

@@ -51,6 +51,7 @@ class WorkerLoaded:
 
 
 _ids = itertools.count(1)
+UNLOADED = "unloaded"  # the exit reason of a worker we stopped on purpose
 
 
 def describe_exit(returncode: int | None) -> str:
@@ -152,6 +153,7 @@ class WorkerProcess:
             self._send({"op": "cancel", "id": request_id})
 
     async def _read_frames(self) -> None:
+        """Feed streams until the worker's pipe ends; whatever happens, report its end."""
         proc = self._proc
         assert proc is not None and proc.stdout is not None
         try:
@@ -159,17 +161,22 @@ class WorkerProcess:
                 message = await read_frame(proc.stdout)
                 if message is None:
                     break
-                self._dispatch(message)
+                try:
+                    self._dispatch(message)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise FrameError(f"unexpected frame {message.get('ev')!r}: {exc}") from exc
         except FrameError as exc:
             self._on_log("error", f"inference worker {self.pid} sent a broken frame: {exc}")
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
-        await proc.wait()
-        # Let stderr finish so the reason can quote the worker's last words.
-        if len(self._tasks) > 1:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._tasks[1]), 2.0)
-        self._died(proc.returncode)
+        finally:
+            await proc.wait()
+            # Let stderr finish so the reason can quote the worker's last words, but never
+            # wait on a grandchild that inherited the pipe.
+            if len(self._tasks) > 1:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(self._tasks[1]), 2.0)
+            self._died(proc.returncode)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         ev = message.get("ev")
@@ -205,34 +212,42 @@ class WorkerProcess:
             self._order.remove(rid)
 
     async def _read_stderr(self) -> None:
+        """Keep the worker's last stderr lines (its dying words); chunked: no line too long."""
         proc = self._proc
         assert proc is not None and proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                self._stderr_tail.append(line)
-                self._on_log("debug", line)
+        pending = b""
+        while chunk := await proc.stderr.read(65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            pending = pending[-4096:]
+            for raw in lines:
+                line = raw[:4096].decode("utf-8", "replace").rstrip()
+                if line:
+                    self._stderr_tail.append(line)
+                    self._on_log("debug", line)
 
     def _died(self, returncode: int | None) -> None:
         if self.exit_reason is not None:
             return
         last = f"; its last words: {self._stderr_tail[-1]}" if self._stderr_tail else ""
+        name = os.path.basename(self.path)
         if self._stopping:
-            self.exit_reason = "unloaded"
+            self.exit_reason = UNLOADED
+            error = WorkerDiedError(f"{name} was unloaded while this request was running")
         else:
-            self.exit_reason = (
-                f"the inference worker for {self.path} died: " + describe_exit(returncode) + last
+            self.exit_reason = f"the inference worker for {name} died: " + (
+                describe_exit(returncode) + last
             )
-        error = WorkerDiedError(self.exit_reason)
-        if self._loaded is not None and not self._loaded.done():
-            self._loaded.set_exception(
-                InferenceError(f"loading {self.path} failed: " + describe_exit(returncode) + last)
-            )
+            error = WorkerDiedError(self.exit_reason)
+        loading = self._loaded is not None and not self._loaded.done()
+        if self._loaded is not None and loading:
+            # Never loaded: the load's own failure is the one report, not a "died" too.
+            self._loaded.set_exception(InferenceError(describe_exit(returncode) + last))
         for stream in list(self._streams.values()):
             stream.feed_error(error)
         self._streams.clear()
         self._order.clear()
-        self._on_exit(self, self.exit_reason)
+        if not loading:
+            self._on_exit(self, self.exit_reason)
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the worker to exit, then make sure: the OS reclaims all of the model's memory."""
@@ -252,5 +267,7 @@ class WorkerProcess:
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                await asyncio.wait_for(task, timeout_s)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 import time
 from collections import deque
@@ -30,8 +29,6 @@ from fabstir_tui.engine.telemetry.base import (
 from fabstir_tui.engine.telemetry.host import HostSampler
 from fabstir_tui.engine.telemetry.nvml import NvmlBackend, real_nvml
 from fabstir_tui.engine.telemetry.replay import ReplayFileError, ReplayNvml
-
-log = logging.getLogger(__name__)
 
 
 def make_gpu_backend(config: TelemetrySection, *, replay_loop: bool = True) -> GpuBackend:
@@ -115,7 +112,13 @@ class TelemetryService:
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():
-                log.warning("telemetry thread still inside a GPU call after %.1f s", timeout)
+                self._publish(
+                    LogRecorded(
+                        level="warning",
+                        source="telemetry",
+                        message=f"telemetry thread still inside a GPU call after {timeout:.1f} s",
+                    )
+                )
 
     @property
     def running(self) -> bool:
@@ -166,7 +169,6 @@ class TelemetryService:
             self._gpu_gone(exc.snapshot(), "info" if quiet else "warning")
             return None
         except Exception as exc:  # the sampler thread must survive any start-up failure
-            log.exception("GPU telemetry failed to start")
             reason = f"GPU telemetry could not start: {error_name(exc)}: {exc}"
             self._gpu_gone(GpuSnapshot(False, self._config.gpu_backend, reason), "error")
             return None
@@ -179,7 +181,6 @@ class TelemetryService:
         except TelemetryEnded as exc:
             reason, level = str(exc), "info"
         except Exception as exc:  # a structural failure: report it and keep host sampling
-            log.exception("GPU sampling failed")
             reason, level = f"GPU sampling stopped: {error_name(exc)}: {exc}", "error"
         else:
             with self._lock:
@@ -196,7 +197,9 @@ class TelemetryService:
         try:
             snapshot = host.sample()
         except Exception as exc:  # psutil can fail on odd mounts; the next tick may work
-            log.warning("host sampling failed: %s", exc)
+            self._publish(
+                LogRecorded(level="warning", source="telemetry", message=f"host sampling: {exc}")
+            )
             return
         with self._lock:
             self._latest_host = snapshot
