@@ -8,12 +8,15 @@ Live data reaches screens only through each screen's own feed (`ui/bridge.py`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Coroutine
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
 from textual.screen import ModalScreen
+from textual.worker import Worker
 
 from fabstir_tui.config import Config
 from fabstir_tui.engine.events import LoadedModel, ModelLoadFailed, ModelWorkerDied
@@ -21,6 +24,7 @@ from fabstir_tui.engine.inference.registry import model_key
 from fabstir_tui.engine.inference.stream import InferenceError
 from fabstir_tui.engine.node import Node
 from fabstir_tui.ui.commands import FabstirCommands, PaletteCommand
+from fabstir_tui.ui.screens.base import report_worker_failure
 from fabstir_tui.ui.screens.dashboard import DashboardScreen
 from fabstir_tui.ui.screens.help import HelpScreen, KeyRow
 from fabstir_tui.ui.screens.logs import LogsScreen
@@ -132,10 +136,11 @@ class FabstirApp(App[int]):
     async def on_unmount(self) -> None:
         await self.node.stop()  # idempotent; the normal path stopped it before exit
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        report_worker_failure(self.node, self, event)
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in _BLOCKED_UNDER_MODAL and isinstance(self.screen, ModalScreen):
-            return False
-        return True
+        return not (action in _BLOCKED_UNDER_MODAL and isinstance(self.screen, ModalScreen))
 
     # --- navigation -----------------------------------------------------------------------
 
@@ -195,9 +200,16 @@ class FabstirApp(App[int]):
     async def open_playground(self, path: str) -> None:
         """The prompt playground on `path`, loading the model first when it is not loaded."""
         key = model_key(path)
-        if not any(m.path == key for m in self.node.loaded_models()):
-            if await self.load_model(key) is None:
-                return
+        open_now = self._open_playground()
+        if open_now is not None and open_now.model_path != key and open_now.generating:
+            self.notify(
+                f"A generation is running on {open_now.model_name}; cancel it first (escape).",
+                markup=False,
+            )
+            return
+        loaded = any(m.path == key for m in self.node.loaded_models())
+        if not loaded and await self.load_model(key) is None:
+            return
         await self.switch_mode("models")
         top = self.screen
         if isinstance(top, PlaygroundScreen):
@@ -205,6 +217,14 @@ class FabstirApp(App[int]):
                 return
             await self.pop_screen()
         await self.push_screen(PlaygroundScreen(self.node, key))
+
+    def _open_playground(self) -> PlaygroundScreen | None:
+        try:
+            stack = self.get_screen_stack("models")
+        except KeyError:  # the Models mode has not been opened yet
+            return None
+        top = stack[-1] if stack else None
+        return top if isinstance(top, PlaygroundScreen) else None
 
     def announce_failure(self, event: ModelLoadFailed | ModelWorkerDied) -> None:
         """Notify once per engine failure, however many screens received the event."""
@@ -217,7 +237,9 @@ class FabstirApp(App[int]):
             return
         name = Path(event.path).name
         died = isinstance(event, ModelWorkerDied)
-        self._notify_failure(f"{name}: worker died" if died else f"{name} failed to load", event.reason)
+        self._notify_failure(
+            f"{name}: worker died" if died else f"{name} failed to load", event.reason
+        )
 
     def _notify_failure(self, title: str, text: str) -> None:
         self.notify(text, title=title, severity="error", timeout=12, markup=False)
@@ -238,13 +260,17 @@ class FabstirApp(App[int]):
             if model.path in loaded:
                 commands.append(
                     PaletteCommand(
-                        f"Unload model {name}", model.path, partial(self._run, self.unload_model, model.path)
+                        f"Unload model {name}",
+                        model.path,
+                        partial(self._run, self.unload_model, model.path),
                     )
                 )
             else:
                 commands.append(
                     PaletteCommand(
-                        f"Load model {name}", model.path, partial(self._run, self.load_model, model.path)
+                        f"Load model {name}",
+                        model.path,
+                        partial(self._run, self.load_model, model.path),
                     )
                 )
             commands.append(
@@ -255,29 +281,32 @@ class FabstirApp(App[int]):
                 )
             )
         commands.append(
-            PaletteCommand("Rescan model folders", "Look for new or changed GGUF files",
-                           partial(self._run_rescan))
+            PaletteCommand(
+                "Rescan model folders",
+                "Look for new or changed GGUF files",
+                self._run_rescan,
+            )
         )
         for theme in self.themes.names:
             commands.append(
-                PaletteCommand(f"Theme: {theme}", "Switch the colour theme", partial(self.set_theme, theme))
+                PaletteCommand(
+                    f"Theme: {theme}", "Switch the colour theme", partial(self.set_theme, theme)
+                )
             )
         commands.append(PaletteCommand("Show keys", "List every key binding", self.action_help))
-        commands.append(PaletteCommand("Quit", "Stop the node and exit (asks first)", self._ask_quit))
+        commands.append(
+            PaletteCommand("Quit", "Stop the node and exit (asks first)", self.action_quit)
+        )
         return commands
 
     def _go(self, mode: str) -> None:
         self.switch_mode(mode)
 
-    def _run(self, command: object, path: str) -> None:
-        assert callable(command)
+    def _run(self, command: Callable[[str], Coroutine[Any, Any, object]], path: str) -> None:
         self.run_worker(command(path), group="operator", exit_on_error=False)
 
     def _run_rescan(self) -> None:
         self.run_worker(self.rescan_models(), group="operator", exit_on_error=False)
-
-    def _ask_quit(self) -> None:
-        self.run_worker(self.action_quit(), exit_on_error=False)
 
     # --- quitting -------------------------------------------------------------------------
 

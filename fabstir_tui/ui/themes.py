@@ -157,7 +157,6 @@ def load_themes(user_dir: Path | None = None) -> ThemeSet:
     return found
 
 
-
 def _load_folder(folder: Traversable | Path, found: ThemeSet) -> list[Theme]:
     themes: list[Theme] = []
     for path in _theme_files(folder):

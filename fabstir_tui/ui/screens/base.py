@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from textual.app import App
 from textual.reactive import var
 from textual.screen import Screen
+from textual.worker import Worker, WorkerState
 
 from fabstir_tui.engine import events as ev
 from fabstir_tui.engine.node import Node, NodeSnapshot
@@ -27,6 +29,15 @@ HEADER_EVENTS: tuple[type[ev.Event], ...] = (
 )
 
 
+def report_worker_failure(node: Node, app: App[Any], event: Worker.StateChanged) -> None:
+    """A UI worker that failed says so (in the log and on screen) instead of vanishing."""
+    if event.state == WorkerState.ERROR:
+        error = event.worker.error
+        text = f"{event.worker.name or 'a task'} failed: {type(error).__name__}: {error}"
+        node.log("error", "ui", text)
+        app.notify(text, title="UI error", severity="error", markup=False)
+
+
 def gpu_summary(snapshot: ev.GpuSnapshot | None) -> str:
     """The GPU in a dozen characters: utilisation and the hottest temperature."""
     if snapshot is None:
@@ -41,7 +52,7 @@ def gpu_summary(snapshot: ev.GpuSnapshot | None) -> str:
     if len(devices) == 1:
         name = devices[0].name.removeprefix("NVIDIA ").removeprefix("GeForce ")
         return f"{name} {util}{temp}"
-    return f"{len(devices)}×GPU {util}{temp}"
+    return f"{len(devices)} GPUs {util}{temp}"
 
 
 def host_summary(host: ev.HostSnapshot | None) -> str:
@@ -105,6 +116,9 @@ class LiveScreen(Screen[None]):
 
     def on_screen_resume(self) -> None:
         self._flush()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        report_worker_failure(self.node, self.app, event)
 
     # --- hooks --------------------------------------------------------------------------
 

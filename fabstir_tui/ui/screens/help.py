@@ -45,6 +45,3 @@ class HelpScreen(ModalScreen[None]):
                 table.add_row(Text(row.key), Text(row.description), Text(row.where))
             yield table
             yield Label("escape closes · ctrl+p runs any action by name", classes="muted")
-
-    async def action_dismiss(self, result: None = None) -> None:
-        self.dismiss(result)

@@ -214,7 +214,9 @@ class ModelsScreen(LiveScreen):
     def action_playground(self) -> None:
         path = self._selected_or_tell()
         if path is not None:
-            self.run_worker(self.fabstir.open_playground(path), group="operator", exit_on_error=False)
+            self.run_worker(
+                self.fabstir.open_playground(path), group="operator", exit_on_error=False
+            )
 
     # --- feed handlers --------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from fabstir_tui.ui.widgets.generation_stats import GenerationStats
 from fabstir_tui.ui.widgets.status_header import StatusHeader
 
 MAX_TEMPERATURE = 2.0
+DRAW_HZ = 30
 _pending_cancels: set[asyncio.Task[None]] = set()
 
 
@@ -40,6 +41,7 @@ class PlaygroundScreen(LiveScreen):
         self.turns: list[dict[str, str]] = []
         self.outcomes: list[str] = []  # finish reason or "failed", one per generation
         self._cancel_requested = False
+        self._busy = False  # set on submit, before the worker runs, so enter twice is one run
 
     def compose(self) -> ComposeResult:
         yield StatusHeader()
@@ -78,7 +80,7 @@ class PlaygroundScreen(LiveScreen):
 
     @property
     def generating(self) -> bool:
-        return self.stream is not None
+        return self._busy
 
     def _add_turn(self, text: str, kind: str) -> Static:
         turn = Static(Text(text), classes=f"turn {kind}")
@@ -87,10 +89,13 @@ class PlaygroundScreen(LiveScreen):
 
     # --- submitting -----------------------------------------------------------------------
 
-    @on(Input.Submitted, "#prompt")
+    @on(Input.Submitted)
     def submit_prompt(self, event: Input.Submitted) -> None:
-        prompt = event.value.strip()
+        """Enter in any field of the prompt row sends the prompt with the settings shown."""
+        field = self.query_one("#prompt", Input)
+        prompt = field.value.strip()
         if not prompt:
+            field.focus()
             return
         if self.generating:
             self.notify("A generation is running; escape cancels it.")
@@ -98,7 +103,9 @@ class PlaygroundScreen(LiveScreen):
         settings = self._settings()
         if settings is None:
             return
-        event.input.value = ""
+        field.value = ""
+        field.focus()
+        self._busy = True
         self.run_worker(
             self._generate(prompt, *settings),
             name="generation",
@@ -119,6 +126,12 @@ class PlaygroundScreen(LiveScreen):
         return int(max_tokens.value), float(temperature.value)
 
     async def _generate(self, prompt: str, max_tokens: int, temperature: float) -> None:
+        try:
+            await self._run_generation(prompt, max_tokens, temperature)
+        finally:
+            self._busy = False
+
+    async def _run_generation(self, prompt: str, max_tokens: int, temperature: float) -> None:
         transcript = self.query_one("#transcript", VerticalScroll)
         stats = self.query_one(GenerationStats)
         self._add_turn(prompt, "user")
@@ -138,7 +151,15 @@ class PlaygroundScreen(LiveScreen):
         self.fabstir.in_flight[stream.request_id] = self.model_name
         stats.status, stats.live, stats.prompt_tokens = "waiting", True, None
         stats.ttft_s, stats.tokens_per_s, stats.completion_tokens = None, None, 0
-        text, pieces, first = "", 0, 0.0
+        text, pieces, first, drawn_at = "", 0, 0.0, 0.0
+
+        def draw(now: float) -> None:
+            reply.update(Text(text))
+            stats.completion_tokens = pieces
+            if pieces > 1 and now > first:
+                stats.tokens_per_s = (pieces - 1) / (now - first)
+            transcript.scroll_end(animate=False)
+
         try:
             async for piece in stream:
                 now = time.perf_counter()
@@ -148,12 +169,15 @@ class PlaygroundScreen(LiveScreen):
                     stats.status = "streaming"
                 pieces += 1
                 text += piece
-                reply.update(Text(text))
-                stats.completion_tokens = pieces
-                if pieces > 1 and now > first:
-                    stats.tokens_per_s = (pieces - 1) / (now - first)
-                transcript.scroll_end(animate=False)
+                # A fast model outruns the screen: draw at most DRAW_HZ times a second and
+                # give the loop back each time, so keys (escape) are handled mid-stream.
+                if pieces == 1 or now - drawn_at >= 1.0 / DRAW_HZ:
+                    draw(now)
+                    drawn_at = now
+                    await asyncio.sleep(0)
+            draw(time.perf_counter())
         except InferenceError as exc:
+            draw(time.perf_counter())
             self._failed(reply, stats, detail, exc)
             return
         except asyncio.CancelledError:
@@ -167,7 +191,9 @@ class PlaygroundScreen(LiveScreen):
             self.fabstir.in_flight.pop(stream.request_id, None)
         final = stream.stats
         stats.live = False
-        stats.status = "cancelled" if final.finish_reason == "cancelled" else f"done ({final.finish_reason})"
+        stats.status = (
+            "cancelled" if final.finish_reason == "cancelled" else f"done ({final.finish_reason})"
+        )
         stats.ttft_s, stats.tokens_per_s = final.ttft_s, final.tokens_per_s
         stats.completion_tokens, stats.prompt_tokens = final.completion_tokens, final.prompt_tokens
         self.turns += [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
@@ -180,8 +206,12 @@ class PlaygroundScreen(LiveScreen):
         self, reply: Static, stats: GenerationStats, detail: str, exc: InferenceError
     ) -> None:
         """Say what went wrong in words, in the transcript; the app and the screen carry on."""
-        reply.set_classes("turn error")
-        reply.update(Text(f"Generation failed: {exc}"))
+        message = Text(f"Generation failed: {exc}")
+        if str(reply.content):
+            self._add_turn(message.plain, "error")  # keep the partial reply above it
+        else:
+            reply.set_classes("turn error")
+            reply.update(message)
         stats.live = False
         stats.status = "failed"
         self.outcomes.append("failed")
@@ -204,5 +234,7 @@ class PlaygroundScreen(LiveScreen):
             self.notify("A generation is running; escape cancels it first.")
             return
         self.turns.clear()
-        self.query_one("#transcript", VerticalScroll).remove_children(".turn.user, .turn.assistant, .turn.error")
+        self.query_one("#transcript", VerticalScroll).remove_children(
+            ".turn.user, .turn.assistant, .turn.error"
+        )
         self.query_one(GenerationStats).status = "idle"

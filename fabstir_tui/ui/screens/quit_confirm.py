@@ -40,7 +40,7 @@ class RunningWork:
 
 
 class QuitScreen(ModalScreen[bool]):
-    """Answers True to quit; y/enter quit, n/escape stay."""
+    """Answers True to quit: y quits; n, escape or enter (Stay has the focus) stay."""
 
     BINDINGS = [
         Binding("y", "answer(True)", "Quit", show=False),

@@ -42,7 +42,9 @@ class HostPanel(Widget):
         if host is None:
             return Content.styled("Waiting for the first host reading…", "$text-muted")
         ram = host.ram_used_bytes / host.ram_total_bytes if host.ram_total_bytes else 0.0
-        disk_used = 1.0 - host.disk_free_bytes / host.disk_total_bytes if host.disk_total_bytes else 0.0
+        disk_used = (
+            1.0 - host.disk_free_bytes / host.disk_total_bytes if host.disk_total_bytes else 0.0
+        )
         return Content.assemble(
             ("CPU  ", "$text-muted"),
             (meter(host.cpu_pct / 100.0), "$host-bar"),

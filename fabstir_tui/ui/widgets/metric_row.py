@@ -1,6 +1,6 @@
 """One metric: label, current value and its history as bars on an absolute scale.
 
-The row grows with the space it is given (one line at 80×24 with several GPUs, a taller graph
+The row grows with the space it is given (one line at 80x24 with several GPUs, a taller graph
 on a big terminal), like btop's and nvitop's graphs.
 """
 

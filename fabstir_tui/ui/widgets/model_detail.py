@@ -82,7 +82,9 @@ class ModelDetail(Widget):
         elif info.sha256:
             sha = Content(info.sha256)
         else:
-            sha = Content.styled("not hashed yet" if info.error is None else fmt.DASH, "$text-muted")
+            sha = Content.styled(
+                "not hashed yet" if info.error is None else fmt.DASH, "$text-muted"
+            )
         lines.append(Content.assemble(("sha256 ", "$text-muted"), sha))
         if row.load is not None:
             stage, fraction = row.load

@@ -7,7 +7,7 @@ reshuffling the rest. Nothing is shown for parts of the node that do not exist y
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from textual.content import Content
 from textual.reactive import reactive
@@ -30,6 +30,7 @@ class Segment:
     style: str = ""
     lead: str = ""
     lead_style: str = ""
+    keep: bool = False  # shortened only when nothing else can give way (the node's state)
 
     @property
     def width(self) -> int:
@@ -37,20 +38,25 @@ class Segment:
 
 
 def fit(segments: list[Segment], width: int) -> list[Segment]:
-    """Shorten the longest segments (never below MIN_SEGMENT cells) until the line fits."""
-    fitted = list(segments)
-    overflow = sum(s.width for s in fitted) + len(SEPARATOR) * (len(fitted) - 1) - width
-    while overflow > 0:
-        index = max(range(len(fitted)), key=lambda i: fitted[i].width)
-        seg = fitted[index]
-        room = seg.width - MIN_SEGMENT
-        if room <= 0:
-            break
-        cut = min(room, overflow)
-        keep = max(1, len(seg.text) - cut - 1)
-        fitted[index] = Segment(seg.text[:keep] + "…", seg.style, seg.lead, seg.lead_style)
-        overflow -= seg.width - fitted[index].width
-    return fitted
+    """Shorten the longest segment a cell at a time (never below MIN_SEGMENT) until it fits;
+    `keep` segments give way only once every other segment is as short as it may be."""
+    cut = [0] * len(segments)
+    overflow = sum(s.width for s in segments) + len(SEPARATOR) * (len(segments) - 1) - width
+
+    def room(i: int) -> int:
+        return segments[i].width - cut[i] - MIN_SEGMENT
+
+    for allowed in ([i for i, s in enumerate(segments) if not s.keep], list(range(len(segments)))):
+        while overflow > 0 and allowed:
+            index = max(allowed, key=lambda i: segments[i].width - cut[i])
+            if room(index) <= 0:
+                break
+            cut[index] += 1
+            overflow -= 1
+    return [
+        replace(s, text=s.text[: len(s.text) - n - 1] + "…") if n else s
+        for s, n in zip(segments, cut, strict=True)
+    ]
 
 
 class StatusHeader(Widget):
@@ -75,7 +81,7 @@ class StatusHeader(Widget):
         state_style = _STATE_STYLE.get(self.node_state, "")
         name = self.node_name + (" [read-only]" if self.read_only else "")
         segments = [
-            Segment(f"{name} {self.node_state}", "bold", "● ", state_style),
+            Segment(f"{name} {self.node_state}", "bold", "● ", state_style, keep=True),
             Segment(self.model_text),
             Segment(self.gpu_text),
         ]
