@@ -271,6 +271,11 @@ class EventBus:
         self._subs.append(sub)
         return sub
 
+    @property
+    def subscriber_count(self) -> int:
+        """How many readers are attached; a screen that closes must drop its own."""
+        return len(self._subs)
+
     def unsubscribe(self, sub: Subscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)

@@ -7,6 +7,9 @@ Live data reaches screens only through each screen's own feed (`ui/bridge.py`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections import deque
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -115,7 +118,15 @@ class FabstirApp(App[int]):
         if self._theme_problem:
             self.notify(self._theme_problem, title="Theme", severity="warning", markup=False)
         self.switch_mode("dashboard")
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.terminal_lost)
         self.run_worker(self._bring_up(), name="node-start", group="node", exit_on_error=False)
+
+    def terminal_lost(self) -> None:
+        """An SSH drop (SIGHUP): stop the node cleanly and leave a trace, not a torn store."""
+        self.node.log("warning", "node", "the terminal hung up (SIGHUP): stopping the node")
+        self.node.record_action("terminal lost", "SIGHUP", "node stopped cleanly")
+        self.exit(0)
 
     async def _bring_up(self) -> None:
         if self._start_node:
@@ -134,6 +145,8 @@ class FabstirApp(App[int]):
             await self.open_playground(self._demo_model)
 
     async def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await self.node.stop()  # idempotent; the normal path stopped it before exit
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:

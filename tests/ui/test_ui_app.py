@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 from textual.command import CommandList, CommandPalette
 from textual.filter import Monochrome, NoColor
@@ -369,3 +372,31 @@ async def test_quit_from_the_palette_still_asks(node_for: NodeFactory) -> None:
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), "still running")
         assert node.state == "running"
+
+
+async def test_sighup_stops_the_node_cleanly_and_leaves_a_trace(
+    node_for: NodeFactory, models_dir: Path, tmp_path: Path
+) -> None:
+    node = node_for()
+    app = FabstirApp(node, node.config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: node.state == "running", "the node")
+        model = await app.load_model(key(models_dir / "tiny-llama.gguf"))
+        assert model is not None
+        os.kill(os.getpid(), signal.SIGHUP)  # what an SSH drop sends to the terminal's process
+        await wait_for(
+            pilot,
+            lambda: any(a.action == "terminal lost" for a in node.recent_audit()),
+            "the hang-up to be handled",
+        )
+    assert app.return_value == 0
+    assert node.state == "stopped"
+    assert not psutil.pid_exists(model.worker_pid) or (
+        psutil.Process(model.worker_pid).status() == psutil.STATUS_ZOMBIE
+    )
+    store = Store(tmp_path / "data" / "node.db")
+    try:
+        actions = [action for _, action, _, _ in store.recent_audit()]
+    finally:
+        store.close()
+    assert "terminal lost" in actions

@@ -175,9 +175,11 @@ async def test_closing_the_playground_closes_its_feed(
     app = FabstirApp(node, node.config)
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await open_playground(pilot, app, key(models_dir / "tiny-llama.gguf"))
-        subscriptions = len(node.bus._subs)  # the bus has no public count
+        subscriptions = node.bus.subscriber_count
         assert screen.feed.running
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, PlaygroundScreen), "closed")
-        await wait_for(pilot, lambda: len(node.bus._subs) == subscriptions - 1, "unsubscribed")
+        await wait_for(
+            pilot, lambda: node.bus.subscriber_count == subscriptions - 1, "unsubscribed"
+        )
         assert not screen.feed.running
