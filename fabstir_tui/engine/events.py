@@ -193,7 +193,7 @@ class HostSampled(Event):
 
 @dataclass(frozen=True, slots=True)
 class NodeStateChanged(Event):
-    state: Literal["starting", "running", "stopping", "stopped"]
+    state: Literal["starting", "running", "stopping", "stopped", "failed"]
     detail: str = ""
 
 

@@ -24,11 +24,16 @@ from fabstir_tui.engine.events import (
 )
 from fabstir_tui.engine.inference.manager import ModelManager
 from fabstir_tui.engine.inference.registry import ModelRegistry
-from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError, TokenStream
+from fabstir_tui.engine.inference.stream import (
+    GenerationRequest,
+    InferenceError,
+    LoadRefusedError,
+    TokenStream,
+)
 from fabstir_tui.engine.store import Store
 from fabstir_tui.engine.telemetry.service import TelemetryService
 
-NodeState = Literal["starting", "running", "stopping", "stopped"]
+NodeState = Literal["starting", "running", "stopping", "stopped", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +76,16 @@ class Node:
         return self._registry
 
     async def start(self) -> None:
+        """Start every service; on failure the state says `failed` with the reason, and raises."""
         self._set_state("starting")
+        try:
+            await self._start()
+        except Exception as exc:
+            self._set_state("failed", str(exc))
+            self.log("error", "node", f"the node could not start: {exc}")
+            raise
+
+    async def _start(self) -> None:
         self.bus.bind(asyncio.get_running_loop())
         self._log_task = asyncio.create_task(self._keep_logs(), name="node-logbook")
         data_dir = self.config.paths.data_dir
@@ -158,8 +172,15 @@ class Node:
 
     async def load_model(self, path: str | Path) -> LoadedModel:
         name = Path(path).name
+        already = self.models.get(str(path))
+        if already is not None:
+            self.record_action("load model", name, "already loaded; nothing to do")
+            return already
         try:
             model = await self.models.load(str(path))
+        except LoadRefusedError as exc:
+            self.record_action("load model", name, f"refused: {exc}")
+            raise
         except InferenceError as exc:
             self.record_action("load model", name, f"failed: {exc}")
             raise

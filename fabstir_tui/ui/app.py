@@ -18,6 +18,7 @@ from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
+from textual.filter import LineFilter, Monochrome, NoColor
 from textual.screen import ModalScreen
 from textual.worker import Worker
 
@@ -36,6 +37,8 @@ from fabstir_tui.ui.screens.playground import PlaygroundScreen
 from fabstir_tui.ui.screens.quit_confirm import QuitScreen, RunningWork
 from fabstir_tui.ui.themes import DEFAULT_THEME, domain_defaults, load_themes, user_theme_dir
 
+# The Playground's inputs take printable keys: these work there after `escape`.
+EVERYWHERE = "all screens (Playground: escape first)"
 SCREENS_BY_KEY = {"dashboard": "Dashboard", "models": "Models", "logs": "Logs"}
 # Actions that make no sense while a dialog (help, quit, palette) is on top.
 _BLOCKED_UNDER_MODAL = frozenset({"show", "cycle_theme", "help", "quit"})
@@ -73,6 +76,7 @@ class FabstirApp(App[int]):
         self._announced: deque[ModelLoadFailed | ModelWorkerDied] = deque(maxlen=64)
         self._notified: deque[tuple[str, str]] = deque(maxlen=32)
         self._quitting = False
+        self._exit_code = 0
         self.themes = load_themes(user_theme_dir())
         for theme in self.themes.themes:
             self.register_theme(theme)
@@ -91,6 +95,16 @@ class FabstirApp(App[int]):
         self.theme = fallback
         known = ", ".join(self.themes.names)
         return f"Theme {name!r} is not installed; using {fallback}. Installed: {known}."
+
+    def watch_theme(self, theme_name: str) -> None:
+        """Under NO_COLOR pick the filter for *this* theme: Textual chose once at start-up, and
+        its greyscale filter maps an ANSI theme's default colours to black on black."""
+        if not self.no_color:
+            return
+        wanted: LineFilter = NoColor() if self.native_ansi_color else Monochrome()
+        self._filters = [
+            wanted if isinstance(f, NoColor | Monochrome) else f for f in self._filters
+        ]
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return domain_defaults(self.current_theme)
@@ -124,15 +138,19 @@ class FabstirApp(App[int]):
 
     def terminal_lost(self) -> None:
         """An SSH drop (SIGHUP): stop the node cleanly and leave a trace, not a torn store."""
+        if self._quitting:
+            return
+        self._quitting = True
         self.node.log("warning", "node", "the terminal hung up (SIGHUP): stopping the node")
-        self.node.record_action("terminal lost", "SIGHUP", "node stopped cleanly")
-        self.exit(0)
+        self.node.record_action("terminal lost", "SIGHUP", "stopping the node")
+        self.run_worker(self._shut_down(), name="hangup", exit_on_error=False)
 
     async def _bring_up(self) -> None:
         if self._start_node:
             try:
                 await self.node.start()
             except Exception as exc:  # show why, keep the screen up for the logs
+                self._exit_code = 1  # DESIGN §10: the operation failed
                 self.notify(
                     f"The node could not start: {exc}",
                     title="Node",
@@ -166,7 +184,7 @@ class FabstirApp(App[int]):
     def key_rows(self) -> list[KeyRow]:
         """Every key, generated from the bindings themselves so help cannot go stale."""
         rows = [
-            KeyRow(self.get_key_display(b), b.description, "everywhere")
+            KeyRow(self.get_key_display(b), b.description, EVERYWHERE)
             for b in self.BINDINGS
             if isinstance(b, Binding)
         ]
@@ -348,4 +366,4 @@ class FabstirApp(App[int]):
         try:
             await self.node.stop()
         finally:
-            self.exit(0)
+            self.exit(self._exit_code)

@@ -10,6 +10,7 @@ from fabstir_tui.config import Config, InferenceSection, PathsSection, Telemetry
 from fabstir_tui.engine.events import GpuSampled, HostSampled, ModelHashed, NodeStateChanged
 from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError
 from fabstir_tui.engine.node import Node
+from fabstir_tui.engine.store import StoreError
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "nvml"
 
@@ -91,3 +92,29 @@ async def test_node_without_gpu_reports_why(tmp_path: Path) -> None:
         assert "LibraryNotFound" in (ev.snapshot.reason or "")
     finally:
         await node.stop()
+
+
+async def test_node_that_cannot_start_says_failed_and_why(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the data dir should be")
+    config = _config(tmp_path, tmp_path)
+    config = config.model_copy(
+        update={"paths": config.paths.model_copy(update={"data_dir": blocker / "data"})}
+    )
+    node = Node(config)
+    sub = node.bus.subscribe(NodeStateChanged)
+    try:
+        await node.start()
+    except StoreError as exc:
+        assert "cannot create the data dir" in str(exc)
+    else:
+        raise AssertionError("a node whose data dir cannot exist must not start")
+    states: list[tuple[str, str]] = []
+    async with asyncio.timeout(30):
+        while not states or states[-1][0] != "failed":
+            ev = await sub.get()
+            assert isinstance(ev, NodeStateChanged)
+            states.append((ev.state, ev.detail))
+    assert states[0][0] == "starting"
+    assert states[-1][0] == "failed" and "cannot create the data dir" in states[-1][1]
+    await node.stop()  # stopping a failed node is safe

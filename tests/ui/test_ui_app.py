@@ -20,7 +20,7 @@ from ui_helpers import NO_DRIVER_REPLAY, key, wait_for
 
 from fabstir_tui.engine.node import Node
 from fabstir_tui.engine.store import Store
-from fabstir_tui.ui.app import FabstirApp
+from fabstir_tui.ui.app import EVERYWHERE, FabstirApp
 from fabstir_tui.ui.screens.dashboard import DashboardScreen
 from fabstir_tui.ui.screens.help import HelpScreen
 from fabstir_tui.ui.screens.logs import LogsScreen
@@ -60,6 +60,8 @@ async def test_dashboard_draws_the_replayed_gpu_and_the_host(node_for: NodeFacto
         assert header.node_name == "ui-test-node"
         assert header.node_state == "running"
         assert header.gpu_text.startswith("H200 ")
+        assert header.gpu_text.endswith("(replay)"), "a recording is never shown as live"
+        assert panel.border_subtitle == "replayed recording"
         await wait_for(pilot, lambda: dashboard.query_one(HostPanel).snapshot, "a host reading")
         assert header.host_text.startswith("CPU ")
         assert dashboard.query_one(ModelPanel).loaded == ()
@@ -184,12 +186,12 @@ async def test_help_lists_every_key(node_for: NodeFactory) -> None:
         assert isinstance(help_screen, HelpScreen)
         rows = {(r.key, r.where) for r in help_screen.rows}
         for row in (
-            ("1", "everywhere"),
-            ("4", "everywhere"),
-            ("7", "everywhere"),
-            ("t", "everywhere"),
-            ("?", "everywhere"),
-            ("q", "everywhere"),
+            ("1", EVERYWHERE),
+            ("4", EVERYWHERE),
+            ("7", EVERYWHERE),
+            ("t", EVERYWHERE),
+            ("?", EVERYWHERE),
+            ("q", EVERYWHERE),
             ("ctrl+p", "everywhere"),
             ("l", "Models"),
             ("u", "Models"),
@@ -334,14 +336,26 @@ async def test_every_screen_fits_80_by_24(node_for: NodeFactory, models_dir: Pat
         await pilot.press("n")
 
 
-async def test_no_color_is_left_to_textual(
+async def test_no_color_filter_follows_the_theme(
     node_for: NodeFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Greyscale (Monochrome) turns an ANSI theme's default colours into black on black, so
+    the 16-colour theme needs NoColor; the truecolour themes keep Monochrome."""
     monkeypatch.setenv("NO_COLOR", "1")
     node = node_for()
     app = FabstirApp(node, node.config)
-    assert app.no_color
-    assert any(isinstance(f, NoColor | Monochrome) for f in app._filters)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert app.no_color
+
+        def colour_filters() -> list[type]:
+            return [type(f) for f in app._filters if isinstance(f, NoColor | Monochrome)]
+
+        app.set_theme("fabstir-16")
+        await pilot.pause()
+        assert colour_filters() == [NoColor]
+        app.set_theme("fabstir-dark")
+        await pilot.pause()
+        assert colour_filters() == [Monochrome]
 
 
 def test_header_segments_shrink_to_fit_80_columns() -> None:

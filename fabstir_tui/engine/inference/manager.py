@@ -25,7 +25,12 @@ from fabstir_tui.engine.events import (
 )
 from fabstir_tui.engine.inference.gguf_meta import GgufError, GgufInfo, read_gguf
 from fabstir_tui.engine.inference.registry import model_key
-from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError, TokenStream
+from fabstir_tui.engine.inference.stream import (
+    GenerationRequest,
+    InferenceError,
+    LoadRefusedError,
+    TokenStream,
+)
 from fabstir_tui.engine.inference.worker_process import UNLOADED, LoadSettings, WorkerProcess
 
 GIB = 1024**3
@@ -95,10 +100,11 @@ class ModelManager:
         path = model_key(path)
         if path in self._loaded:
             return self._loaded[path]
+        # Refusals, not failed loads: no ModelLoadFailed event for these.
         if self._closed:
-            raise InferenceError("the node is stopping; it takes no new models")
+            raise LoadRefusedError("the node is stopping; it takes no new models")
         if path in self._loading:
-            raise InferenceError(f"{Path(path).name} is already loading")
+            raise LoadRefusedError(f"{Path(path).name} is already loading")
         self._loading.add(path)
         try:
             return await self._load(path)

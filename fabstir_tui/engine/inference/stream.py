@@ -13,6 +13,10 @@ class InferenceError(RuntimeError):
     """A request or model operation failed; the message is one sentence for the operator."""
 
 
+class LoadRefusedError(InferenceError):
+    """A load not attempted (already loading, node stopping): not a failure of the model."""
+
+
 class WorkerDiedError(InferenceError):
     """The worker process ended while work was in flight (crash, OOM kill, SIGKILL)."""
 

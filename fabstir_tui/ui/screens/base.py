@@ -49,10 +49,11 @@ def gpu_summary(snapshot: ev.GpuSnapshot | None) -> str:
     temps = [d.temperature_c for d in devices if d.temperature_c is not None]
     util = f"{sum(utils) / len(utils):.0f}%" if utils else "—%"
     temp = f" {max(temps):.0f}°C" if temps else ""
+    replay = " (replay)" if snapshot.backend == "replay" else ""
     if len(devices) == 1:
         name = devices[0].name.removeprefix("NVIDIA ").removeprefix("GeForce ")
-        return f"{name} {util}{temp}"
-    return f"{len(devices)} GPUs {util}{temp}"
+        return f"{name} {util}{temp}{replay}"
+    return f"{len(devices)} GPUs {util}{temp}{replay}"
 
 
 def host_summary(host: ev.HostSnapshot | None) -> str:

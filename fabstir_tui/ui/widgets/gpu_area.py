@@ -57,7 +57,10 @@ class GpuArea(VerticalScroll):
             no_gpu.waiting = snapshot is None
             no_gpu.reason = snapshot.reason if snapshot is not None else None
         shown = {d.index for d in snapshot.devices} if snapshot and available else set()
+        replay = snapshot is not None and snapshot.backend == "replay"
         for index, panel in self._panels.items():
             panel.display = index in shown
             if index in shown:
+                # Never pass a recording off as this machine's GPU.
+                panel.border_subtitle = "replayed recording" if replay else ""
                 panel.draw()

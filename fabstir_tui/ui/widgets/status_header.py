@@ -21,6 +21,7 @@ _STATE_STYLE = {
     "starting": "$warning",
     "stopping": "$warning",
     "stopped": "$error",
+    "failed": "$error",
 }
 
 
