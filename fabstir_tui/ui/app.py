@@ -51,10 +51,10 @@ class FabstirApp(App[int]):
     TITLE = "fabstir-tui"
     COMMANDS = {FabstirCommands}
     BINDINGS = [
-        Binding("1", "show('dashboard')", "Dashboard"),
+        Binding("1", "show('dashboard')", "Dash", tooltip="Dashboard"),
         Binding("4", "show('models')", "Models"),
         Binding("7", "show('logs')", "Logs"),
-        Binding("t", "cycle_theme", "Theme"),
+        Binding("t", "cycle_theme", "Theme", show=False),  # in help; the footer needs room
         Binding("question_mark", "help", "Keys"),
         Binding("q", "quit", "Quit"),
     ]

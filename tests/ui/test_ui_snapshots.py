@@ -81,7 +81,7 @@ async def publish_host(pilot: Pilot[Any]) -> None:
     assert isinstance(app, FabstirApp)
     app.node.bus.publish(HostSampled(RECORDED_HOST))
     header = app.screen.query_one(StatusHeader)
-    await wait_for(pilot, lambda: header.host_text == "CPU 37% RAM 33%", "the recorded host")
+    await wait_for(pilot, lambda: header.host_text == "CPU  37% RAM  33%", "the recorded host")
 
 
 async def dashboard_with_history(pilot: Pilot[Any]) -> None:

@@ -60,7 +60,7 @@ def host_summary(host: ev.HostSnapshot | None) -> str:
     if host is None:
         return ""
     ram = 100.0 * host.ram_used_bytes / host.ram_total_bytes if host.ram_total_bytes else 0.0
-    return f"CPU {host.cpu_pct:.0f}% RAM {ram:.0f}%"
+    return f"CPU {host.cpu_pct:3.0f}% RAM {ram:3.0f}%"  # fixed width: the header must not jitter
 
 
 def model_summary(loaded: tuple[ev.LoadedModel, ...]) -> str:

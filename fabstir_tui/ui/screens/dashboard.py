@@ -39,7 +39,7 @@ class DashboardScreen(LiveScreen):
         with Horizontal(id="dashboard-bottom"):
             yield ModelPanel(id="model-panel")
             yield HostPanel(id="host-panel")
-        yield Footer()
+        yield Footer(compact=True)
 
     def live_mount(self, snapshot: NodeSnapshot) -> None:
         if snapshot.gpu is not None:

@@ -48,6 +48,7 @@ class LogsScreen(LiveScreen):
 
     def __init__(self, node: Node, *, id: str | None = None) -> None:
         super().__init__(node, id=id)
+        self.set_reactive(LogsScreen.min_level, node.config.node.log_level)  # --log-level
         self._lines: deque[ev.LogRecorded] = deque(maxlen=LOG_LINES)
         self._seeded: dict[int, ev.Event] = {}  # id -> event, held so ids stay unique
         self.audit_rows = 0
@@ -65,7 +66,7 @@ class LogsScreen(LiveScreen):
         audit.add_column("detail", width=30, key="detail")
         audit.add_column("outcome", width=40, key="outcome")
         yield audit
-        yield Footer()
+        yield Footer(compact=True)
 
     def live_mount(self, snapshot: NodeSnapshot) -> None:
         for line in self.node.recent_logs():

@@ -71,7 +71,7 @@ class ModelsScreen(LiveScreen):
             table.add_column(label, width=width, key=key)
         yield table
         yield ModelDetail(id="model-detail")
-        yield Footer()
+        yield Footer(compact=True)
 
     @property
     def table(self) -> DataTable[Text]:

@@ -62,7 +62,7 @@ class PlaygroundScreen(LiveScreen):
                 validators=[Number(minimum=0.0, maximum=MAX_TEMPERATURE)],
                 id="temperature",
             )
-        yield Footer()
+        yield Footer(compact=True)
 
     def live_mount(self, snapshot: NodeSnapshot) -> None:
         self.query_one("#max-tokens", Input).border_title = "max tokens"
