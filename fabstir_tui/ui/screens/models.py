@@ -209,7 +209,9 @@ class ModelsScreen(LiveScreen):
             self.run_worker(self.fabstir.unload_model(path), group="operator", exit_on_error=False)
 
     def action_rescan(self) -> None:
-        self.run_worker(self.fabstir.rescan_models(), group="operator", exit_on_error=False)
+        self.run_worker(
+            self.fabstir.rescan_models(), group="rescan", exclusive=True, exit_on_error=False
+        )
 
     def action_playground(self) -> None:
         path = self._selected_or_tell()
