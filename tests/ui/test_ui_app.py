@@ -413,3 +413,19 @@ async def test_sighup_stops_the_node_cleanly_and_leaves_a_trace(
     finally:
         store.close()
     assert "terminal lost" in actions
+
+
+async def test_dashboard_stays_live_beneath_the_help_dialog(node_for: NodeFactory) -> None:
+    node = node_for()
+    app = FabstirApp(node, node.config)
+    async with app.run_test(size=(100, 30)) as pilot:
+        dashboard = app.screen
+        area = dashboard.query_one(GpuArea)
+        await wait_for(pilot, lambda: 0 in area.panels and area.panels[0].samples >= 2, "samples")
+        util = area.panels[0].query_one("#gpu-util", MetricRow)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen), "help")
+        drawn = len(util.samples)
+        # Still on screen behind the dialog: new readings keep being drawn.
+        await wait_for(pilot, lambda: len(util.samples) >= drawn + 2, "drawing under the dialog")
+        assert isinstance(app.screen, HelpScreen)
