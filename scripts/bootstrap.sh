@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Make the machine ready for `make demo` / `make test`: system tools, the llama wheel, the venv.
+# Make the machine ready for `make demo` / `make test`: system tools, the llama wheel, the venv,
+# and the pinned chain tools from npm (anvil, solc).
 # Idempotent: every step checks first and does nothing when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ command -v gcc >/dev/null || need+=(gcc)
 command -v g++ >/dev/null || need+=(g++)
 command -v cmake >/dev/null || need+=(cmake)
 command -v ninja >/dev/null || command -v make >/dev/null || need+=(ninja-build)
+command -v npm >/dev/null || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -45,4 +47,11 @@ if [ ! -f "$stamp" ]; then
   rm -f "$VENV"/.bootstrap-*
   touch "$stamp"
 fi
-echo "bootstrap: ready ($VENV)"
+# 4. The chain tools pinned in package-lock.json (anvil, solc), re-installed when the lock changes.
+npm_stamp="node_modules/.bootstrap-$(sha256sum package-lock.json | cut -c1-16)"
+if [ ! -f "$npm_stamp" ]; then
+  echo "bootstrap: installing the pinned chain tools into node_modules (npm ci)"
+  npm ci --no-audit --no-fund --loglevel=error
+  touch "$npm_stamp"
+fi
+echo "bootstrap: ready ($VENV, node_modules)"
