@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
 from functools import partial
@@ -37,6 +39,7 @@ from fabstir_tui.ui.screens.playground import PlaygroundScreen
 from fabstir_tui.ui.screens.quit_confirm import QuitScreen, RunningWork
 from fabstir_tui.ui.themes import DEFAULT_THEME, domain_defaults, load_themes, user_theme_dir
 
+HANGUP_EXIT_GRACE_S = 10.0
 # The Playground's inputs take printable keys: these work there after `escape`.
 EVERYWHERE = "all screens (Playground: escape first)"
 SCREENS_BY_KEY = {"dashboard": "Dashboard", "models": "Models", "logs": "Logs"}
@@ -143,7 +146,7 @@ class FabstirApp(App[int]):
         self._quitting = True
         self.node.log("warning", "node", "the terminal hung up (SIGHUP): stopping the node")
         self.node.record_action("terminal lost", "SIGHUP", "stopping the node")
-        self.run_worker(self._shut_down(), name="hangup", exit_on_error=False)
+        self.run_worker(self._shut_down(hung_up=True), name="hangup", exit_on_error=False)
 
     async def _bring_up(self) -> None:
         if self._start_node:
@@ -361,9 +364,16 @@ class FabstirApp(App[int]):
         self.node.record_action("quit", work.describe(), "confirmed")
         self.run_worker(self._shut_down(), name="shutdown", exit_on_error=False)
 
-    async def _shut_down(self) -> None:
+    async def _shut_down(self, hung_up: bool = False) -> None:
         self.notify("Stopping the node…", title="Quit", timeout=30)
         try:
             await self.node.stop()
         finally:
+            if hung_up and not self.is_headless:  # never in tests: it would end pytest
+                # Seen here: Textual's writer deadlocked restoring a terminal that no longer
+                # exists, leaving the process up forever. The node is stopped and its store
+                # closed, so if the screen's own shutdown hangs, end the process.
+                timer = threading.Timer(HANGUP_EXIT_GRACE_S, os._exit, (self._exit_code,))
+                timer.daemon = True
+                timer.start()
             self.exit(self._exit_code)
