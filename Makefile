@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: bootstrap demo test lint typecheck pytest bench clean
+.PHONY: bootstrap demo test lint typecheck pytest bench contracts clean
 
 bootstrap:
 	@scripts/bootstrap.sh
@@ -24,6 +24,9 @@ pytest:
 
 bench: bootstrap
 	$(BIN)/python bench/inference.py
+
+contracts: bootstrap
+	node scripts/compile-contracts.mjs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

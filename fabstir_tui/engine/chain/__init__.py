@@ -8,5 +8,22 @@ from fabstir_tui.engine.chain.anvil import (
     find_anvil,
     rpc,
 )
+from fabstir_tui.engine.chain.artifacts import (
+    Artifact,
+    ArtifactError,
+    artifact_names,
+    load_artifact,
+)
 
-__all__ = ["DEFAULT_MNEMONIC", "Anvil", "AnvilError", "RpcError", "find_anvil", "rpc"]
+__all__ = [
+    "DEFAULT_MNEMONIC",
+    "Anvil",
+    "AnvilError",
+    "Artifact",
+    "ArtifactError",
+    "RpcError",
+    "artifact_names",
+    "find_anvil",
+    "load_artifact",
+    "rpc",
+]
