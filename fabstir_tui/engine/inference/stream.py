@@ -80,7 +80,6 @@ class TokenStream:
     _t_sent: float = field(default_factory=time.perf_counter)
     _t_first: float | None = None
     _t_last: float | None = None
-    _pieces: int = 0
     on_end: Callable[[TokenStream], None] | None = None
 
     # --- fed by the worker reader ------------------------------------------------------
@@ -95,7 +94,6 @@ class TokenStream:
             self._t_first = now
             self.stats.ttft_s = now - self._t_sent
         self._t_last = now
-        self._pieces += 1
         self._queue.put_nowait(text)
 
     def feed_done(self, prompt_tokens: int, completion_tokens: int, finish_reason: str) -> None:

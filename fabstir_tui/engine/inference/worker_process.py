@@ -78,7 +78,6 @@ class WorkerProcess:
         self._on_exit = on_exit
         self._proc: asyncio.subprocess.Process | None = None
         self._streams: dict[str, TokenStream] = {}
-        self._order: list[str] = []
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded: asyncio.Future[WorkerLoaded] | None = None
@@ -139,14 +138,8 @@ class WorkerProcess:
         rid = f"r{next(_ids)}"
         stream = TokenStream(request_id=rid, _cancel=self._cancel)
         self._streams[rid] = stream
-        self._order.append(rid)
         self._send({"op": "generate", "id": rid, **request.to_wire()})
         return stream
-
-    def queue_position(self, request_id: str) -> int:
-        """0 = running now; n = n requests ahead of it in this worker."""
-        waiting = [r for r in self._order if not self._streams[r].done]
-        return waiting.index(request_id) if request_id in waiting else 0
 
     async def _cancel(self, request_id: str) -> None:
         with contextlib.suppress(InferenceError):
@@ -208,8 +201,6 @@ class WorkerProcess:
 
     def _forget(self, rid: str) -> None:
         self._streams.pop(rid, None)
-        if rid in self._order:
-            self._order.remove(rid)
 
     async def _read_stderr(self) -> None:
         """Keep the worker's last stderr lines (its dying words); chunked: no line too long."""
@@ -245,7 +236,6 @@ class WorkerProcess:
         for stream in list(self._streams.values()):
             stream.feed_error(error)
         self._streams.clear()
-        self._order.clear()
         if not loading:
             self._on_exit(self, self.exit_reason)
 
