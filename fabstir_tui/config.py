@@ -91,6 +91,53 @@ class TelemetrySection(_Section):
     history: int = Field(default=120, ge=2, le=10_000)
 
 
+_ADDRESS = r"^(0x[0-9a-fA-F]{40})?$"
+
+
+class ChainSection(_Section):
+    """Where the node's chain lives; no RPC URL means the chain side is off."""
+
+    chain_id: int = Field(default=31337, ge=1)
+    rpc_urls: list[str] = Field(default_factory=list, description="HTTP(S) RPC URLs, failover")
+    ws_url: str = Field(default="", description="WebSocket RPC for subscriptions; empty = poll")
+    node_registry: str = Field(default="", pattern=_ADDRESS)
+    model_registry: str = Field(default="", pattern=_ADDRESS)
+    job_marketplace: str = Field(default="", pattern=_ADDRESS)
+    host_earnings: str = Field(default="", pattern=_ADDRESS)
+    payment_token: str = Field(default="", pattern=_ADDRESS)
+    start_block: int = Field(default=0, ge=0, description="first block the follower reads")
+    confirmations: int = Field(default=0, ge=0, le=1000)
+    log_chunk_blocks: int = Field(default=2000, ge=1, le=1_000_000)
+    poll_interval_s: float = Field(default=1.0, ge=0.01, le=600)
+    receipt_timeout_s: float = Field(default=120.0, gt=0)
+    max_fee_gwei: float = Field(default=50.0, gt=0, description="cap on max fee per gas")
+    priority_fee_gwei: float = Field(default=0.001, ge=0)
+    l1_fee: Literal["auto", "on", "off"] = "auto"
+    low_gas_eth: float = Field(default=0.002, ge=0, description="warn below this ETH balance")
+    keystore: Path | None = Field(default=None, description="default: <data_dir>/keystore.json")
+    allow_mainnet: bool = False
+
+    @field_validator("rpc_urls", mode="after")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        """A typo'd scheme would otherwise surface later as an opaque connection error."""
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} must start with http:// or https://")
+        return value
+
+    @field_validator("ws_url", mode="after")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"{value!r} must start with ws:// or wss://")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rpc_urls)
+
+
 class UiSection(_Section):
     theme: str = "fabstir-dark"
     refresh_hz: float = Field(default=2.0, gt=0, le=30)
@@ -103,6 +150,7 @@ class Config(_Section):
     paths: PathsSection = Field(default_factory=PathsSection)
     inference: InferenceSection = Field(default_factory=InferenceSection)
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
+    chain: ChainSection = Field(default_factory=ChainSection)
     ui: UiSection = Field(default_factory=UiSection)
 
 

@@ -146,6 +146,10 @@ def _allowed(error: ErrorDetails, info: FieldInfo) -> str:
             else ("most", ctx.get("max_length", 0))
         )
         return f"must be at {word} {n} character{'' if n == 1 else 's'} long"
+    if error["type"] == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if error["type"] == "string_pattern_mismatch" and "0x" in str(ctx.get("pattern", "")):
+        return "must be an address: 0x followed by 40 hex digits (or empty)"
     if len(error["loc"]) > 2:
         return f"must be {_describe(_item_type(info.annotation), [])}"
     return f"must be {_describe(info.annotation, list(info.metadata))}"
@@ -193,12 +197,14 @@ def _prepare(value: object, info: FieldInfo, base: Path) -> object:
 
 
 def _from_text(text: str, info: FieldInfo, base: Path) -> object:
-    """Turn an env/flag string into what the field needs: lists split on os.pathsep or ','."""
+    """Turn an env/flag string into what the field needs: path lists split on os.pathsep or
+    ',', other lists (URLs contain ':') on ',' only."""
     _, optional = _strip_optional(info.annotation)
     if optional and text.strip() == "":
         return None
     if _is_list(info.annotation):
-        parts = re.split(f"[,{re.escape(os.pathsep)}]", text)
+        seps = f",{re.escape(os.pathsep)}" if _item_type(info.annotation) is Path else ","
+        parts = re.split(f"[{seps}]", text)
         return _prepare([p.strip() for p in parts if p.strip()], info, base)
     return _prepare(text, info, base)
 

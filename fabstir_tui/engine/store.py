@@ -26,8 +26,48 @@ def _m1_base(db: sqlite3.Connection) -> None:
     )
 
 
+def _m2_chain(db: sqlite3.Connection) -> None:
+    """The chain side: journaled transactions, follower cursors, seen blocks, applied logs and
+    the earnings ledger. Amounts are decimal TEXT: uint256 does not fit SQLite's INTEGER."""
+    db.execute(
+        """CREATE TABLE tx_journal (
+             hash TEXT PRIMARY KEY, chain_id INTEGER NOT NULL, sender TEXT NOT NULL,
+             nonce INTEGER NOT NULL, to_addr TEXT, label TEXT NOT NULL, value TEXT NOT NULL,
+             raw_tx TEXT NOT NULL, max_fee TEXT NOT NULL, priority_fee TEXT NOT NULL,
+             status TEXT NOT NULL, replaces TEXT, block_number INTEGER, gas_used INTEGER,
+             effective_gas_price TEXT, l1_fee TEXT, error TEXT,
+             created_at REAL NOT NULL, updated_at REAL NOT NULL)"""
+    )
+    db.execute("CREATE INDEX tx_journal_status ON tx_journal (status)")
+    db.execute("CREATE INDEX tx_journal_sender_nonce ON tx_journal (sender, nonce)")
+    db.execute(
+        """CREATE TABLE chain_cursors (
+             name TEXT PRIMARY KEY, block_number INTEGER NOT NULL, block_hash TEXT NOT NULL,
+             updated_at REAL NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE chain_blocks (
+             number INTEGER PRIMARY KEY, hash TEXT NOT NULL, parent_hash TEXT NOT NULL)"""
+    )
+    db.execute(
+        """CREATE TABLE chain_logs (
+             tx_hash TEXT NOT NULL, log_index INTEGER NOT NULL, block_number INTEGER NOT NULL,
+             block_hash TEXT NOT NULL, address TEXT NOT NULL, event TEXT NOT NULL,
+             args TEXT NOT NULL, applied_at REAL NOT NULL,
+             PRIMARY KEY (tx_hash, log_index))"""
+    )
+    db.execute("CREATE INDEX chain_logs_block ON chain_logs (block_number)")
+    db.execute(
+        """CREATE TABLE earnings_ledger (
+             tx_hash TEXT NOT NULL, log_index INTEGER NOT NULL, block_number INTEGER NOT NULL,
+             block_time INTEGER NOT NULL, kind TEXT NOT NULL, token TEXT NOT NULL,
+             amount TEXT NOT NULL, job_id TEXT, counterparty TEXT,
+             PRIMARY KEY (tx_hash, log_index))"""
+    )
+
+
 # Append only: never edit a migration that has shipped; add a new one.
-MIGRATIONS: tuple[Migration, ...] = (_m1_base,)
+MIGRATIONS: tuple[Migration, ...] = (_m1_base, _m2_chain)
 
 
 class StoreError(RuntimeError):
@@ -100,6 +140,11 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        """Read rows under the store's lock (modules that own a table keep their SQL)."""
+        with self._lock:
+            return [tuple(row) for row in self._db.execute(sql, params).fetchall()]
 
     def close(self) -> None:
         with self._lock:
