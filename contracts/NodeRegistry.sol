@@ -6,6 +6,9 @@ import {ModelRegistry} from "./ModelRegistry.sol";
 /// @title NodeRegistry
 /// @notice Hosts register with an ETH stake, the approved models they serve, a price per model
 ///         (per million tokens, payment token base units), a payout address and metadata.
+///         The owner names one marketplace once wired; the marketplace marks a host's open work
+///         (a claimed job, an active session) and may slash its stake when a challenge against
+///         it is upheld. A host with open work cannot unregister, so its stake stays slashable.
 contract NodeRegistry {
     struct Node {
         uint256 stake;
@@ -15,13 +18,17 @@ contract NodeRegistry {
         bool active;
     }
 
+    address public immutable owner;
     ModelRegistry public immutable modelRegistry;
     uint256 public immutable minStake;
+    address public marketplace;
 
     mapping(address => Node) private _nodes;
     mapping(address => mapping(bytes32 => uint256)) private _pricePerMillion;
     /// Kept after unregistration so earnings still reach the payout address.
     mapping(address => address) private _lastPayout;
+    /// Jobs claimed and sessions opened that the marketplace has not settled yet.
+    mapping(address => uint256) public openWorkOf;
     uint256 private _locked = 1;
 
     event NodeRegistered(address indexed host, uint256 stake, address payout, string metadata);
@@ -31,6 +38,10 @@ contract NodeRegistry {
     event ModelPriceSet(address indexed host, bytes32 indexed modelId, uint256 pricePerMillion);
     event PayoutUpdated(address indexed host, address payout);
     event MetadataUpdated(address indexed host, string metadata);
+    event MarketplaceSet(address indexed marketplace);
+    event WorkOpened(address indexed host, uint256 openWork);
+    event WorkClosed(address indexed host, uint256 openWork);
+    event Slashed(address indexed host, uint256 amount, uint256 remainingStake, address to);
 
     error Reentrancy();
     error AlreadyRegistered(address host);
@@ -45,6 +56,12 @@ contract NodeRegistry {
     error ZeroPrice(bytes32 modelId);
     error ModelNotServed(address host, bytes32 modelId);
     error StakeTransferFailed(address to, uint256 amount);
+    error NotOwner(address caller);
+    error NotMarketplace(address caller);
+    error ZeroAddress();
+    error MarketplaceAlreadySet(address marketplace);
+    error OpenWork(address host, uint256 openWork);
+    error NoOpenWork(address host);
 
     modifier nonReentrant() {
         if (_locked != 1) revert Reentrancy();
@@ -58,9 +75,25 @@ contract NodeRegistry {
         _;
     }
 
+    modifier onlyMarketplace() {
+        if (msg.sender != marketplace) revert NotMarketplace(msg.sender);
+        _;
+    }
+
     constructor(ModelRegistry registry, uint256 minimumStake) {
+        owner = msg.sender;
         modelRegistry = registry;
         minStake = minimumStake;
+    }
+
+    /// @notice Names the marketplace, once: a marketplace swapped later could strand the open
+    ///         work the old one counted, or slash stakes under rules hosts never signed up to.
+    function setMarketplace(address newMarketplace) external {
+        if (msg.sender != owner) revert NotOwner(msg.sender);
+        if (newMarketplace == address(0)) revert ZeroAddress();
+        if (marketplace != address(0)) revert MarketplaceAlreadySet(marketplace);
+        marketplace = newMarketplace;
+        emit MarketplaceSet(newMarketplace);
     }
 
     function register(
@@ -122,7 +155,10 @@ contract NodeRegistry {
     }
 
     /// @notice Returns the whole stake to the host (msg.sender); checks-effects-interactions.
+    ///         Refused while the host has open work, so a pending challenge can still slash it.
     function unregister() external nonReentrant onlyRegistered {
+        uint256 work = openWorkOf[msg.sender];
+        if (work != 0) revert OpenWork(msg.sender, work);
         Node storage node = _nodes[msg.sender];
         uint256 stake = node.stake;
         bytes32[] storage models = node.models;
@@ -133,6 +169,42 @@ contract NodeRegistry {
         emit NodeUnregistered(msg.sender, stake);
         (bool ok, ) = payable(msg.sender).call{value: stake}("");
         if (!ok) revert StakeTransferFailed(msg.sender, stake);
+    }
+
+    /// @notice The marketplace marks a claimed job or an opened session of `host`.
+    function openWork(address host) external onlyMarketplace {
+        if (!_nodes[host].active) revert NotRegistered(host);
+        uint256 work = openWorkOf[host] + 1;
+        openWorkOf[host] = work;
+        emit WorkOpened(host, work);
+    }
+
+    /// @notice The marketplace marks that a job or session of `host` is settled or given back.
+    function closeWork(address host) external onlyMarketplace {
+        uint256 work = openWorkOf[host];
+        if (work == 0) revert NoOpenWork(host);
+        openWorkOf[host] = work - 1;
+        emit WorkClosed(host, work - 1);
+    }
+
+    /// @notice Takes up to `amount` of the host's stake (all of it if less remains) and sends
+    ///         it to the marketplace, which decides who gets it. The host stays registered;
+    ///         the marketplace refuses new work below minStake until the host tops up.
+    /// @return slashed what was actually taken.
+    function slash(
+        address host,
+        uint256 amount
+    ) external nonReentrant onlyMarketplace returns (uint256 slashed) {
+        Node storage node = _nodes[host];
+        if (!node.active) revert NotRegistered(host);
+        uint256 stake = node.stake;
+        slashed = amount < stake ? amount : stake;
+        node.stake = stake - slashed;
+        emit Slashed(host, slashed, stake - slashed, msg.sender);
+        if (slashed != 0) {
+            (bool ok, ) = payable(msg.sender).call{value: slashed}("");
+            if (!ok) revert StakeTransferFailed(msg.sender, slashed);
+        }
     }
 
     function isRegistered(address host) external view returns (bool) {
@@ -159,6 +231,10 @@ contract NodeRegistry {
     /// @notice Price per million tokens in base units; 0 means the host does not serve it.
     function priceOf(address host, bytes32 modelId) external view returns (uint256) {
         return _pricePerMillion[host][modelId];
+    }
+
+    function stakeOf(address host) external view returns (uint256) {
+        return _nodes[host].stake;
     }
 
     function serves(address host, bytes32 modelId) external view returns (bool) {

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from fabstir_tui import __version__
+from fabstir_tui.commands.keys import init_cmd, keys_group
 from fabstir_tui.commands.output import EXIT_OK, EXIT_USAGE, emit_json, fail
 from fabstir_tui.config import (
     Config,
@@ -141,6 +142,39 @@ def demo(ctx: click.Context, headless: bool, once: bool) -> None:
     ctx.exit(_run_node(ctx, headless=headless, demo=True, once=once))
 
 
+@main_group.command()
+@click.option(
+    "--block-time",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between blocks (0 = a block per transaction).",
+)
+@click.option("--chain-id", type=click.IntRange(min=1), default=31337, show_default=True)
+@click.option(
+    "--config-out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the devnet config (default: <data dir>/devnet.toml).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout when ready.")
+@click.pass_context
+def devnet(
+    ctx: click.Context, block_time: float, chain_id: int, config_out: Path | None, as_json: bool
+) -> None:
+    """Start anvil, deploy the contracts, write a devnet config, wait for Ctrl-C."""
+    from fabstir_tui.commands.devnet import run_devnet
+
+    ctx.exit(
+        run_devnet(
+            _config(ctx),
+            block_time_s=block_time,
+            chain_id=chain_id,
+            config_out=config_out,
+            as_json=as_json,
+        )
+    )
+
+
 @main_group.group()
 def models() -> None:
     """GGUF models on disk."""
@@ -227,6 +261,10 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         emit_json(config_as_json(loaded))
     else:
         click.echo(format_config_show(loaded))
+
+
+main_group.add_command(keys_group)
+main_group.add_command(init_cmd)
 
 
 def main() -> None:

@@ -164,6 +164,10 @@ def run_doctor(loaded: LoadedConfig | None, config_error: str | None, as_json: b
     if loaded is not None:
         checks.append(check_models(list(loaded.config.paths.models_dirs)))
         checks.append(check_data_dir(loaded.config.paths.data_dir))
+        # Imported here: doctor_chain imports Check from this module.
+        from fabstir_tui.commands.doctor_chain import chain_checks
+
+        checks.extend(chain_checks(loaded.config))
     ok = all(c.verdict != "fail" for c in checks)
     if as_json:
         emit_json({"ok": ok, "checks": [asdict(c) for c in checks]})

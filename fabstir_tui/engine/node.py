@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Literal
 
 from fabstir_tui.config import Config
+from fabstir_tui.engine.chain.actions import ChainAction, PreparedTx, describe
+from fabstir_tui.engine.chain.events import ChainStatus
+from fabstir_tui.engine.chain.ledger import LedgerEntry
+from fabstir_tui.engine.chain.service import ChainService
+from fabstir_tui.engine.chain.txtypes import TxOutcome
 from fabstir_tui.engine.events import (
     EventBus,
     GpuSnapshot,
@@ -47,6 +52,7 @@ class NodeSnapshot:
     gpu: GpuSnapshot | None
     host: HostSnapshot | None
     read_only: bool
+    chain: ChainStatus | None = None
 
 
 class Node:
@@ -62,6 +68,7 @@ class Node:
         self.models = ModelManager(config.inference, bus=self.bus)
         self.telemetry = TelemetryService(config.telemetry, self.bus, data_dir)
         self._registry: ModelRegistry | None = None
+        self._chain: ChainService | None = None
         self._logs: deque[LogRecorded] = deque(maxlen=5000)
         self._audit: deque[OperatorActionRecorded] = deque(maxlen=1000)
         self._log_sub = self.bus.subscribe(LogRecorded, OperatorActionRecorded, maxsize=10_000)
@@ -74,6 +81,12 @@ class Node:
         if self._registry is None:
             raise RuntimeError("the node has not been started")
         return self._registry
+
+    @property
+    def chain(self) -> ChainService:
+        if self._chain is None:
+            raise RuntimeError("the node has not been started")
+        return self._chain
 
     async def start(self) -> None:
         """Start every service; on failure the state says `failed` with the reason, and raises."""
@@ -98,6 +111,8 @@ class Node:
         await asyncio.to_thread(self._registry.scan)
         self._registry.start_hashing()
         self.telemetry.start()
+        self._chain = ChainService(self.config, self.store, self.bus, self.log)
+        await self._chain.start()
         self._set_state("running")
         self.log("info", "node", f"node {self.config.node.name} started")
 
@@ -113,6 +128,8 @@ class Node:
         ]
         if registry is not None:
             steps.append(("model hashing", lambda: asyncio.to_thread(registry.stop)))
+        if self._chain is not None:
+            steps.append(("chain follower", self._chain.stop))
         for name, step in steps:
             try:
                 await step()
@@ -208,4 +225,45 @@ class Node:
             gpu=self.telemetry.latest_gpu(),
             host=self.telemetry.latest_host(),
             read_only=self.config.node.read_only,
+            chain=self._chain.status if self._chain else None,
         )
+
+    def earnings_entries(self, limit: int = 200) -> list[LedgerEntry]:
+        """The ledger's newest rows (payments and withdrawals) for the Earnings screen."""
+        ledger = self._chain.ledger if self._chain is not None else None
+        return ledger.entries(limit) if ledger is not None else []
+
+    # --- chain commands -------------------------------------------------------------------
+
+    async def unlock_wallet(self, passphrase: str) -> None:
+        """Unlock the node key so transactions can be signed; the audit names only the address."""
+        try:
+            await self.chain.unlock(passphrase)
+        except Exception as exc:
+            self.record_action("unlock wallet", self.chain.address, f"failed: {exc}")
+            raise
+        self.record_action("unlock wallet", self.chain.address, "unlocked")
+
+    def chain_refusal(self) -> str | None:
+        """Why no transaction can be signed now (read-only, no chain, locked key), or None."""
+        return self.chain.refusal()
+
+    async def prepare_chain_action(self, action: ChainAction) -> PreparedTx:
+        """Preview an on-chain action for the confirm dialog; a refusal is audited."""
+        try:
+            return await self.chain.prepare(action)
+        except Exception as exc:
+            self.record_action(describe(action), "not prepared", f"refused: {exc}")
+            raise
+
+    async def execute_chain_action(self, prepared: PreparedTx) -> TxOutcome:
+        """Sign and send what the operator confirmed; the audit line carries the tx hash."""
+        try:
+            outcome = await self.chain.execute(prepared)
+        except Exception as exc:
+            self.record_action(prepared.label, prepared.preview.description, f"failed: {exc}")
+            raise
+        detail = f"{prepared.preview.description} tx {outcome.tx_hash}"
+        verdict = "mined" if outcome.ok else f"{outcome.status}: {outcome.error}"
+        self.record_action(prepared.label, detail, verdict)
+        return outcome

@@ -33,30 +33,35 @@ def _m2_chain(db: sqlite3.Connection) -> None:
         """CREATE TABLE tx_journal (
              hash TEXT PRIMARY KEY, chain_id INTEGER NOT NULL, sender TEXT NOT NULL,
              nonce INTEGER NOT NULL, to_addr TEXT, label TEXT NOT NULL, value TEXT NOT NULL,
-             raw_tx TEXT NOT NULL, max_fee TEXT NOT NULL, priority_fee TEXT NOT NULL,
-             status TEXT NOT NULL, replaces TEXT, block_number INTEGER, gas_used INTEGER,
+             raw_tx TEXT NOT NULL, gas_limit INTEGER NOT NULL, max_fee TEXT NOT NULL,
+             priority_fee TEXT NOT NULL, status TEXT NOT NULL, replaces TEXT, replaced_by TEXT,
+             broadcast_at REAL, block_number INTEGER, gas_used INTEGER,
              effective_gas_price TEXT, l1_fee TEXT, error TEXT,
              created_at REAL NOT NULL, updated_at REAL NOT NULL)"""
     )
     db.execute("CREATE INDEX tx_journal_status ON tx_journal (status)")
-    db.execute("CREATE INDEX tx_journal_sender_nonce ON tx_journal (sender, nonce)")
+    db.execute("CREATE INDEX tx_journal_sender_nonce ON tx_journal (sender, chain_id, nonce)")
     db.execute(
         """CREATE TABLE chain_cursors (
              name TEXT PRIMARY KEY, block_number INTEGER NOT NULL, block_hash TEXT NOT NULL,
              updated_at REAL NOT NULL)"""
     )
+    # Per follower: hashes of recent applied blocks, to find the fork point after a reorg.
     db.execute(
         """CREATE TABLE chain_blocks (
-             number INTEGER PRIMARY KEY, hash TEXT NOT NULL, parent_hash TEXT NOT NULL)"""
+             follower TEXT NOT NULL, number INTEGER NOT NULL, hash TEXT NOT NULL,
+             parent_hash TEXT NOT NULL DEFAULT '', PRIMARY KEY (follower, number))"""
     )
+    # Per follower: every applied log, so a log is applied once and a reorg can roll it back.
     db.execute(
         """CREATE TABLE chain_logs (
-             tx_hash TEXT NOT NULL, log_index INTEGER NOT NULL, block_number INTEGER NOT NULL,
-             block_hash TEXT NOT NULL, address TEXT NOT NULL, event TEXT NOT NULL,
+             follower TEXT NOT NULL, tx_hash TEXT NOT NULL, log_index INTEGER NOT NULL,
+             block_number INTEGER NOT NULL, block_hash TEXT NOT NULL, block_time INTEGER NOT NULL,
+             address TEXT NOT NULL, contract TEXT NOT NULL, event TEXT NOT NULL,
              args TEXT NOT NULL, applied_at REAL NOT NULL,
-             PRIMARY KEY (tx_hash, log_index))"""
+             PRIMARY KEY (follower, tx_hash, log_index))"""
     )
-    db.execute("CREATE INDEX chain_logs_block ON chain_logs (block_number)")
+    db.execute("CREATE INDEX chain_logs_block ON chain_logs (follower, block_number)")
     db.execute(
         """CREATE TABLE earnings_ledger (
              tx_hash TEXT NOT NULL, log_index INTEGER NOT NULL, block_number INTEGER NOT NULL,
@@ -66,8 +71,29 @@ def _m2_chain(db: sqlite3.Connection) -> None:
     )
 
 
+def _m3_market(db: sqlite3.Connection) -> None:
+    """The marketplace as our events tell it: every posted job, our sessions (ledger.py)."""
+    db.execute(
+        """CREATE TABLE market_jobs (
+             job_id INTEGER PRIMARY KEY, client TEXT NOT NULL, model_id TEXT NOT NULL,
+             token TEXT NOT NULL, escrow TEXT NOT NULL, max_tokens INTEGER NOT NULL,
+             max_price TEXT NOT NULL, deadline INTEGER NOT NULL, prompt_hash TEXT NOT NULL,
+             status TEXT NOT NULL, host TEXT, price TEXT, tokens_used INTEGER,
+             submitted_at INTEGER, host_amount TEXT, settled_tx TEXT,
+             posted_block INTEGER NOT NULL, updated_block INTEGER NOT NULL)"""
+    )
+    db.execute("CREATE INDEX market_jobs_host_status ON market_jobs (host, status)")
+    db.execute(
+        """CREATE TABLE market_sessions (
+             session_id INTEGER PRIMARY KEY, client TEXT NOT NULL, host TEXT NOT NULL,
+             model_id TEXT NOT NULL, token TEXT NOT NULL, deposit TEXT NOT NULL,
+             price TEXT NOT NULL, tokens INTEGER NOT NULL, status TEXT NOT NULL,
+             host_amount TEXT, settled_tx TEXT, updated_block INTEGER NOT NULL)"""
+    )
+
+
 # Append only: never edit a migration that has shipped; add a new one.
-MIGRATIONS: tuple[Migration, ...] = (_m1_base, _m2_chain)
+MIGRATIONS: tuple[Migration, ...] = (_m1_base, _m2_chain, _m3_market)
 
 
 class StoreError(RuntimeError):

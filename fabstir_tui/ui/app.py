@@ -25,13 +25,17 @@ from textual.screen import ModalScreen
 from textual.worker import Worker
 
 from fabstir_tui.config import Config
+from fabstir_tui.engine.chain.actions import ChainAction
+from fabstir_tui.engine.chain.events import ChainStatus
 from fabstir_tui.engine.events import LoadedModel, ModelLoadFailed, ModelWorkerDied
 from fabstir_tui.engine.inference.registry import model_key
 from fabstir_tui.engine.inference.stream import InferenceError
 from fabstir_tui.engine.node import Node
+from fabstir_tui.ui import chain_flows
 from fabstir_tui.ui.commands import FabstirCommands, PaletteCommand
 from fabstir_tui.ui.screens.base import report_worker_failure
 from fabstir_tui.ui.screens.dashboard import DashboardScreen
+from fabstir_tui.ui.screens.earnings import EarningsScreen
 from fabstir_tui.ui.screens.help import HelpScreen, KeyRow
 from fabstir_tui.ui.screens.logs import LogsScreen
 from fabstir_tui.ui.screens.models import ModelsScreen
@@ -42,7 +46,12 @@ from fabstir_tui.ui.themes import DEFAULT_THEME, domain_defaults, load_themes, u
 HANGUP_EXIT_GRACE_S = 10.0
 # The Playground's inputs take printable keys: these work there after `escape`.
 EVERYWHERE = "all screens (Playground: escape first)"
-SCREENS_BY_KEY = {"dashboard": "Dashboard", "models": "Models", "logs": "Logs"}
+SCREENS_BY_KEY = {
+    "dashboard": "Dashboard",
+    "models": "Models",
+    "earnings": "Earnings",
+    "logs": "Logs",
+}
 # Actions that make no sense while a dialog (help, quit, palette) is on top.
 _BLOCKED_UNDER_MODAL = frozenset({"show", "cycle_theme", "help", "quit"})
 
@@ -56,6 +65,7 @@ class FabstirApp(App[int]):
     BINDINGS = [
         Binding("1", "show('dashboard')", "Dash", tooltip="Dashboard"),
         Binding("4", "show('models')", "Models"),
+        Binding("5", "show('earnings')", "Earn", tooltip="Earnings"),
         Binding("7", "show('logs')", "Logs"),
         Binding("t", "cycle_theme", "Theme", show=False),  # in help; the footer needs room
         Binding("question_mark", "help", "Keys"),
@@ -86,6 +96,7 @@ class FabstirApp(App[int]):
         self._theme_problem = self._pick_start_theme(config.ui.theme)
         self.add_mode("dashboard", partial(DashboardScreen, node))
         self.add_mode("models", partial(ModelsScreen, node))
+        self.add_mode("earnings", partial(EarningsScreen, node))
         self.add_mode("logs", partial(LogsScreen, node))
 
     # --- themes ---------------------------------------------------------------------------
@@ -195,6 +206,7 @@ class FabstirApp(App[int]):
         for screen, where in (
             (ModelsScreen, "Models"),
             (PlaygroundScreen, "Playground"),
+            (EarningsScreen, "Earnings"),
             (LogsScreen, "Logs"),
         ):
             for binding in screen.BINDINGS:
@@ -259,6 +271,15 @@ class FabstirApp(App[int]):
             return None
         top = stack[-1] if stack else None
         return top if isinstance(top, PlaygroundScreen) else None
+
+    async def run_chain_actions(self, actions: list[ChainAction]) -> bool:
+        return await chain_flows.run_chain_actions(self, actions)
+
+    async def open_registration(self, status: ChainStatus | None) -> None:
+        await chain_flows.open_registration(self, status)
+
+    async def ask_passphrase(self) -> None:
+        await chain_flows.ask_passphrase(self)
 
     def announce_failure(self, event: ModelLoadFailed | ModelWorkerDied) -> None:
         """Notify once per engine failure, however many screens received the event."""

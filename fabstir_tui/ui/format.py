@@ -79,3 +79,31 @@ def ellipsis(text: str, width: int) -> str:
     if len(text) <= width:
         return text
     return text[: max(0, width - 1)] + "…"
+
+
+def token_amount(value: int | None, decimals: int, symbol: str = "") -> str:
+    """An exact token amount from base units (no float rounding: money is shown to the unit),
+    trailing zeros trimmed: 1.5 ETH, 0.002822 FUSD."""
+    if value is None:
+        return DASH
+    sign = "-" if value < 0 else ""
+    whole, frac = divmod(abs(value), 10**decimals)
+    text = f"{whole:,}"
+    if decimals and frac:
+        text += "." + f"{frac:0{decimals}d}".rstrip("0")
+    return f"{sign}{text} {symbol}".rstrip()
+
+
+def gwei(value: int | None) -> str:
+    """A gas price in gwei, to 3 significant decimals (base fees on L2 are tiny)."""
+    if value is None:
+        return DASH
+    amount = value / 1e9
+    return f"{amount:.3f} gwei" if amount < 100 else f"{amount:.0f} gwei"
+
+
+def short_hex(value: str, keep: int = 6) -> str:
+    """0x1234…abcd: enough of a hash or address to recognise it."""
+    if len(value) <= 2 + 2 * keep:
+        return value
+    return f"{value[: 2 + keep]}…{value[-keep:]}"

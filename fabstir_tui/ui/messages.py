@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 from textual.message import Message
 
 from fabstir_tui.engine import events as ev
+from fabstir_tui.engine.chain import events as cev
 
 E = TypeVar("E", bound=ev.Event)
 
@@ -97,6 +98,19 @@ class NodeStateChanged(EngineMessage[ev.NodeStateChanged], bubble=False, namespa
     pass
 
 
+class ChainStatus(EngineMessage[cev.ChainStatus], bubble=False, namespace="engine"):
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ChainStatus)
+
+
+class TxSubmitted(EngineMessage[cev.TxSubmitted], bubble=False, namespace="engine"):
+    pass
+
+
+class TxSettled(EngineMessage[cev.TxSettled], bubble=False, namespace="engine"):
+    pass
+
+
 _MESSAGES: dict[type[ev.Event], Callable[[Any], EngineMessage[Any]]] = {
     ev.GpuSampled: GpuSampled,
     ev.HostSampled: HostSampled,
@@ -114,6 +128,9 @@ _MESSAGES: dict[type[ev.Event], Callable[[Any], EngineMessage[Any]]] = {
     ev.LogRecorded: LogRecorded,
     ev.OperatorActionRecorded: OperatorActionRecorded,
     ev.NodeStateChanged: NodeStateChanged,
+    cev.ChainStatus: ChainStatus,
+    cev.TxSubmitted: TxSubmitted,
+    cev.TxSettled: TxSettled,
 }
 
 

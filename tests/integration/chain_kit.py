@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import decode
-from eth_utils import keccak
+from eth_abi.abi import decode
+from eth_utils.crypto import keccak
 from web3 import Web3
 from web3.contract import Contract
 from web3.exceptions import ContractCustomError
@@ -26,7 +26,9 @@ def deploy(w3: Web3, name: str, sender: str, *args: Any) -> Contract:
     tx = factory.constructor(*args).transact({"from": sender})
     receipt = w3.eth.wait_for_transaction_receipt(tx)
     assert receipt["status"] == 1
-    return w3.eth.contract(address=receipt["contractAddress"], abi=artifact.abi)
+    address = receipt["contractAddress"]
+    assert address is not None
+    return w3.eth.contract(address=address, abi=artifact.abi)
 
 
 def send(w3: Web3, call: Any, sender: str, value: int = 0) -> TxReceipt:
@@ -107,7 +109,7 @@ class Suite:
 
 def deploy_suite(w3: Web3) -> Suite:
     """Deploy the four contracts, approve models A and B, and name the marketplace account."""
-    owner, host, payout, market, other = w3.eth.accounts[:5]
+    owner, host, payout, market, other = [str(a) for a in w3.eth.accounts[:5]]
     token = deploy(w3, "FabstirTestToken", owner)
     models = deploy(w3, "ModelRegistry", owner)
     nodes = deploy(w3, "NodeRegistry", owner, models.address, MIN_STAKE)

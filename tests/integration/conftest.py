@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from chain_kit import Suite, deploy_suite
+from market_kit import Market, deploy_market
 from web3 import Web3
 
 from fabstir_tui.engine.chain import Anvil
@@ -38,4 +39,18 @@ def suite(deployed: Suite, devchain: Anvil) -> Iterator[Suite]:
     """Every test starts from the freshly deployed suite and leaves no trace."""
     snap = devchain.snapshot()
     yield deployed
+    devchain.revert(snap)
+
+
+@pytest.fixture(scope="module")
+def market_deployed(devchain: Anvil) -> Market:
+    """The suite with JobMarketplace, deployed once per module by the product's deploy_suite."""
+    return deploy_market(devchain)
+
+
+@pytest.fixture
+def market(market_deployed: Market, devchain: Anvil) -> Iterator[Market]:
+    """Every marketplace test starts from the freshly deployed suite and leaves no trace."""
+    snap = devchain.snapshot()
+    yield market_deployed
     devchain.revert(snap)

@@ -188,6 +188,7 @@ async def test_help_lists_every_key(node_for: NodeFactory) -> None:
         for row in (
             ("1", EVERYWHERE),
             ("4", EVERYWHERE),
+            ("5", EVERYWHERE),
             ("7", EVERYWHERE),
             ("t", EVERYWHERE),
             ("?", EVERYWHERE),
@@ -198,9 +199,11 @@ async def test_help_lists_every_key(node_for: NodeFactory) -> None:
             ("r", "Models"),
             ("esc", "Playground"),
             ("/", "Logs"),
+            ("w", "Earnings"),
+            ("g", "Earnings"),
         ):
             assert row in rows
-        assert not any(r.key in ("2", "3", "5", "6") for r in help_screen.rows)
+        assert not any(r.key in ("2", "3", "6") for r in help_screen.rows)
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), "help closed")
 

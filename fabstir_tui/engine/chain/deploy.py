@@ -13,6 +13,10 @@ from fabstir_tui.engine.chain.artifacts import load_artifact
 
 # The devnet's approved demo model names; ids come from hashing the real GGUF (DESIGN §11.2).
 MIN_STAKE_WEI = 10**17  # 0.1 ETH
+FEE_BPS = 250  # 2.5 % of each charge to the treasury
+DISPUTE_WINDOW_S = 3600
+CHALLENGE_BOND_WEI = 10**16  # 0.01 ETH
+SLASH_BPS = 1000  # 10 % of the host's stake when a challenge is upheld
 
 
 class DeployError(RuntimeError):
@@ -25,6 +29,13 @@ class DeployParams:
 
     min_stake_wei: int = MIN_STAKE_WEI
     approved_models: tuple[tuple[bytes, str], ...] = ()
+    fee_bps: int = FEE_BPS
+    dispute_window_s: int = DISPUTE_WINDOW_S
+    challenge_bond_wei: int = CHALLENGE_BOND_WEI
+    slash_bps: int = SLASH_BPS
+    # Empty: the deployer collects fees and arbitrates (the devnet's choice, DESIGN §11.4).
+    treasury: str = ""
+    arbiter: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,6 +52,7 @@ class Deployment:
     node_registry: str
     host_earnings: str
     job_marketplace: str = ""
+    treasury: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,7 +86,7 @@ def deploy_suite(
     params: DeployParams | None = None,
     progress: Progress | None = None,
 ) -> Deployment:
-    """Deploy token, registries, earnings (and the marketplace) and wire them together."""
+    """Deploy token, registries, earnings and the marketplace, and wire them together."""
     params = params or DeployParams()
     say = progress or (lambda _msg: None)
     start = int(w3.eth.block_number) + 1
@@ -86,16 +98,40 @@ def deploy_suite(
     nodes = deploy_contract(w3, "NodeRegistry", deployer, models.address, params.min_stake_wei)
     say("deploying HostEarnings")
     earnings = deploy_contract(w3, "HostEarnings", deployer, nodes.address)
+    treasury = params.treasury or deployer
+    arbiter = params.arbiter or deployer
+    say("deploying JobMarketplace")
+    market = deploy_contract(
+        w3,
+        "JobMarketplace",
+        deployer,
+        nodes.address,
+        earnings.address,
+        treasury,
+        arbiter,
+        params.fee_bps,
+        params.dispute_window_s,
+        params.challenge_bond_wei,
+        params.slash_bps,
+    )
+    say("wiring the marketplace into HostEarnings and NodeRegistry")
+    call = earnings.functions.setMarketplace(market.address)
+    transact(w3, call, deployer, "HostEarnings.setMarketplace")
+    transact(
+        w3, nodes.functions.setMarketplace(market.address), deployer, "NodeRegistry.setMarketplace"
+    )
     for model_id, name in params.approved_models:
         say(f"approving model {name} ({model_id.hex()[:12]}…)")
         transact(w3, models.functions.approveModel(model_id, name), deployer, f"approve {name}")
     return Deployment(
         chain_id=int(w3.eth.chain_id),
         deployer=deployer,
-        arbiter=deployer,
+        arbiter=arbiter,
         start_block=start,
         token=token.address,
         model_registry=models.address,
         node_registry=nodes.address,
         host_earnings=earnings.address,
+        job_marketplace=market.address,
+        treasury=treasury,
     )

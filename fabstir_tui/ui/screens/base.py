@@ -10,6 +10,7 @@ from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from fabstir_tui.engine import events as ev
+from fabstir_tui.engine.chain import events as cev
 from fabstir_tui.engine.node import Node, NodeSnapshot
 from fabstir_tui.ui import messages as msg
 from fabstir_tui.ui.bridge import EngineFeed
@@ -26,6 +27,7 @@ HEADER_EVENTS: tuple[type[ev.Event], ...] = (
     ev.ModelUnloaded,
     ev.ModelWorkerDied,
     ev.ModelLoadFailed,
+    cev.ChainStatus,
 )
 
 
@@ -61,6 +63,17 @@ def host_summary(host: ev.HostSnapshot | None) -> str:
         return ""
     ram = 100.0 * host.ram_used_bytes / host.ram_total_bytes if host.ram_total_bytes else 0.0
     return f"CPU {host.cpu_pct:3.0f}% RAM {ram:3.0f}%"  # fixed width: the header must not jitter
+
+
+def chain_summary(status: cev.ChainStatus | None) -> str:
+    """Chain, block, sync and registration in a few cells; empty when no chain is configured."""
+    if status is None or not status.enabled:
+        return ""
+    if status.block is None:
+        return f"chain {status.chain_id} …" + (" ✗" if status.error else "")
+    sync = "" if status.synced else " sync…"
+    reg = " reg" if status.registered else " unreg"
+    return f"⛓{status.chain_id} #{status.block}{sync}{reg}"
 
 
 def model_summary(loaded: tuple[ev.LoadedModel, ...]) -> str:
@@ -107,6 +120,7 @@ class LiveScreen(Screen[None]):
         header.node_name = snapshot.name
         header.read_only = snapshot.read_only
         header.node_state = snapshot.state
+        header.chain_text = chain_summary(snapshot.chain)
         self.live_mount(snapshot)
         self.models_changed()
         self.draw_telemetry()
@@ -151,6 +165,9 @@ class LiveScreen(Screen[None]):
     def on_engine_host_sampled(self, message: msg.HostSampled) -> None:
         self.host = message.event.snapshot
         self._telemetry_dirty = True
+
+    def on_engine_chain_status(self, message: msg.ChainStatus) -> None:
+        self.header.chain_text = chain_summary(message.event)
 
     def on_engine_node_state_changed(self, message: msg.NodeStateChanged) -> None:
         self.header.node_state = message.event.state

@@ -76,6 +76,7 @@ class StatusHeader(Widget):
     model_text: reactive[str] = reactive("no model loaded")
     gpu_text: reactive[str] = reactive("GPU …")
     host_text: reactive[str] = reactive("")
+    chain_text: reactive[str] = reactive("")
 
     def segments(self) -> list[Segment]:
         """The segments in display order; later node parts add theirs here."""
@@ -88,6 +89,8 @@ class StatusHeader(Widget):
         ]
         if self.host_text:
             segments.append(Segment(self.host_text))
+        if self.chain_text:
+            segments.append(Segment(self.chain_text))
         return segments
 
     def render(self) -> Content:
