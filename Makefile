@@ -24,6 +24,7 @@ pytest:
 
 bench: bootstrap
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/chain.py --events 50
 
 contracts: bootstrap
 	node scripts/compile-contracts.mjs

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from devnet_kit import PASSPHRASE, Devnet, chain_config, node_keystore, start_devnet
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Static
 from ui_helpers import wait_for
 
 from fabstir_tui.engine.node import Node
@@ -65,7 +65,7 @@ async def test_register_get_paid_and_withdraw_through_the_confirm_dialog(
             await wait_for(pilot, lambda: isinstance(app.screen, RegisterScreen), "form")
             form = app.screen
             assert isinstance(form, RegisterScreen)
-            form.query_one("#reg-price", Input).value = "0.5"  # FUSD per million tokens
+            form.query_one("#reg-price-0", Input).value = "0.5"  # FUSD per million tokens
             form.submit()
             await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTxScreen), "confirm")
             confirm = app.screen
@@ -85,6 +85,30 @@ async def test_register_get_paid_and_withdraw_through_the_confirm_dialog(
             price = devnet.nodes.functions.priceOf(devnet.host, devnet.model_id).call()
             assert price == 500_000  # 0.5 FUSD (6 decimals) per million tokens
 
+            # The same form changes one model's price: a bad value is refused in the form,
+            # and an unchanged set of models is a single setPrice call.
+            await pilot.press("g")
+            await wait_for(pilot, lambda: isinstance(app.screen, RegisterScreen), "form again")
+            form = app.screen
+            assert isinstance(form, RegisterScreen)
+            assert form.query_one("#reg-price-0", Input).value == "0.5"
+            form.query_one("#reg-price-0", Input).value = "0.0000001"
+            form.submit()
+            error = str(form.query_one("#reg-error", Static).render())
+            assert "at most 6 decimals" in error and isinstance(app.screen, RegisterScreen)
+            form.query_one("#reg-price-0", Input).value = "0.25"
+            form.submit()
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTxScreen), "confirm")
+            assert isinstance(app.screen, ConfirmTxScreen)
+            assert app.screen.preview.function == "setPrice"
+            await pilot.press("y")
+            await wait_for(
+                pilot,
+                lambda: devnet.nodes.functions.priceOf(devnet.host, devnet.model_id).call()
+                == 250_000,
+                "new price on chain",
+            )
+
             # A client pays for a job: claim and submit with the node's own sender.
             job = devnet.post_job(escrow=10_000, max_tokens=2_000, max_price=1_000_000)
             sender = node.chain.sender
@@ -94,8 +118,11 @@ async def test_register_get_paid_and_withdraw_through_the_confirm_dialog(
             submit = market.submitResult(job, 1_234, b"\x02" * 32, b"\x03" * 32)
             (await sender.transact(submit)).raise_for_failure()
             devnet.send(market.releasePayment(job), devnet.client)  # accepts early
-            # charge = 1,234 x 500,000 / 1e6 = 617; fee 2.5% = 15 (15.425 down); host 602.
-            assert devnet.earnings.functions.balanceOf(devnet.host, token).call() == 602
+            # charge = 1,234 x 250,000 / 1e6 = 308 (308.5 down); fee 2.5% = 7 (7.7 down);
+            # host 301; the client's refund is 10,000 - 308 = 9,692.
+            assert devnet.earnings.functions.balanceOf(devnet.host, token).call() == 301
+            refund = devnet.market.functions.claimable(devnet.client, token).call()
+            assert refund == 9_692
 
             screen = app.screen
             assert isinstance(screen, EarningsScreen)
@@ -104,13 +131,19 @@ async def test_register_get_paid_and_withdraw_through_the_confirm_dialog(
             def fusd_row() -> list[str]:
                 return cells(balances, token)
 
-            await wait_for(pilot, lambda: fusd_row()[1] == "0.000602", "withdrawable shown")
+            # The balance is read from the contract, the earned figures from our ledger (the
+            # follower applies the Credited log): both arrive, maybe not in the same refresh.
+            await wait_for(
+                pilot,
+                lambda: fusd_row()[1] == "0.000301" and fusd_row()[5] == "0.000301",
+                "payment shown",
+            )
             symbol, withdrawable, held, today, week, total = fusd_row()
-            assert (symbol, today, week, total) == ("FUSD", "0.000602", "0.000602", "0.000602")
+            assert (symbol, today, week, total) == ("FUSD", "0.000301", "0.000301", "0.000301")
             assert held == "0"
             ledger = screen.query_one("#earn-ledger", DataTable)
             rows = [[str(c) for c in ledger.get_row_at(i)] for i in range(ledger.row_count)]
-            assert [r[1:4] for r in rows] == [["payment", "job 1", "0.000602 FUSD"]]
+            assert [r[1:4] for r in rows] == [["payment", "job 1", "0.000301 FUSD"]]
 
             # Withdraw the FUSD row through the dialog; it goes to the payout address (us).
             balances.move_cursor(row=balances.get_row_index(token))
@@ -126,7 +159,7 @@ async def test_register_get_paid_and_withdraw_through_the_confirm_dialog(
             await pilot.press("y")
             await wait_for(
                 pilot,
-                lambda: devnet.token.functions.balanceOf(devnet.host).call() == before + 602,
+                lambda: devnet.token.functions.balanceOf(devnet.host).call() == before + 301,
                 "withdrawn on chain",
             )
             await wait_for(pilot, lambda: fusd_row()[1] == "0", "withdrawable back to 0")
@@ -134,7 +167,7 @@ async def test_register_get_paid_and_withdraw_through_the_confirm_dialog(
             assert [str(c) for c in ledger.get_row_at(0)][1:4] == [
                 "withdrawal",
                 "—",
-                "-0.000602 FUSD",
+                "-0.000301 FUSD",
             ]
             audit = [(a.action, a.outcome) for a in node.recent_audit()]
             assert any(a.startswith("register") and o == "mined" for a, o in audit)

@@ -39,7 +39,7 @@ from fabstir_tui.engine.chain.events import (
 from fabstir_tui.engine.chain.follower import EventFollower
 from fabstir_tui.engine.chain.ledger import Ledger
 from fabstir_tui.engine.chain.passphrase import find_passphrase
-from fabstir_tui.engine.chain.rpc_pool import RpcPool
+from fabstir_tui.engine.chain.rpc_pool import RpcPool, url_host
 from fabstir_tui.engine.chain.sender import TxSender
 from fabstir_tui.engine.chain.txtypes import TxOutcome
 from fabstir_tui.engine.chain.wallet import WalletError, keystore_path, read_address, unlock_async
@@ -122,7 +122,7 @@ class ChainService:
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="chain-status"))
         self._publish()
         if self.address and not self.read_only:
-            self._auto_unlock()
+            self._tasks.append(asyncio.create_task(self._auto_unlock(), name="wallet-unlock"))
 
     async def stop(self) -> None:
         """Stop following and close connections; an applied log is never half-written."""
@@ -153,7 +153,9 @@ class ChainService:
             self.bus.publish(self.status)
 
     def _on_switch(self, url: str, old: str, why: str) -> None:
-        self._log("warning", "chain", f"RPC failover from {old} to {url}: {why}")
+        self._log(
+            "warning", "chain", f"RPC failover from {url_host(old)} to {url_host(url)}: {why}"
+        )
 
     # --- wallet ---------------------------------------------------------------------------
 
@@ -161,24 +163,27 @@ class ChainService:
     def wallet_state(self) -> WalletState:
         return self._wallet
 
-    def _auto_unlock(self) -> None:
-        """Unlock from the passphrase file or keyring when one is set; otherwise wait for it."""
+    async def _auto_unlock(self) -> None:
+        """Unlock from the passphrase file or keyring when one is set; otherwise wait for it.
+        The keyring may block on D-Bus, so it is asked from a thread."""
+
+        warnings: list[str] = []  # said on the loop: the bus is not thread-safe
         try:
-            found = find_passphrase(self.address, warn=lambda m: self._log("warning", "wallet", m))
+            found = await asyncio.to_thread(find_passphrase, self.address, warn=warnings.append)
         except WalletError as exc:
             self._wallet_detail = str(exc)
             self._log("error", "wallet", str(exc))
             return
+        finally:
+            for message in warnings:
+                self._log("warning", "wallet", message)
         if found is None:
             self._wallet_detail = "locked: enter the passphrase (Earnings screen, key k)"
             self._log("warning", "wallet", f"key {self.address} is locked; {self._wallet_detail}")
             return
         self._log("info", "wallet", f"unlocking key {self.address} with the {found.describe()}")
-        self._tasks.append(asyncio.create_task(self._unlock_quietly(found.value)))
-
-    async def _unlock_quietly(self, passphrase: str) -> None:
-        with contextlib.suppress(WalletError):
-            await self.unlock(passphrase)
+        with contextlib.suppress(Exception):  # unlock() logged it; the prompt still works
+            await self.unlock(found.value)
 
     async def unlock(self, passphrase: str) -> None:
         """Decrypt the keystore (scrypt, seconds) with visible progress, then start the sender."""
@@ -199,7 +204,14 @@ class ChainService:
             self._log("error", "wallet", str(exc))
             self._publish()
             raise
-        await self._start_sender(account)
+        try:
+            await self._start_sender(account)
+        except Exception as exc:
+            self._wallet = "locked"
+            self._wallet_detail = f"the key decrypted, but the sender could not start: {exc}"
+            self._log("error", "wallet", self._wallet_detail)
+            self._publish()
+            raise
 
     async def _start_sender(self, account: LocalAccount) -> None:
         assert self.pool is not None
@@ -275,7 +287,7 @@ class ChainService:
         return ChainStatus(
             enabled=True,
             chain_id=self.chain.chain_id,
-            url=self.pool.current_url if self.pool else "",
+            url=url_host(self.pool.current_url) if self.pool else "",
             block=block,
             applied_block=follower.cursor.number if follower else None,
             synced=follower.synced if follower else False,

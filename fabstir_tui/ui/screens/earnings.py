@@ -69,13 +69,13 @@ def status_lines(status: cev.ChainStatus | None) -> str:
 class EarningsScreen(LiveScreen):
     """Owns the feed for chain status and transactions; redraws on each status."""
 
-    FEED_EVENTS: ClassVar[tuple[type[ev.Event], ...]] = (cev.TxSubmitted, cev.TxSettled)
+    FEED_EVENTS: ClassVar[tuple[type[ev.Event], ...]] = ()
 
     BINDINGS = [
         Binding("w", "withdraw", "Withdraw"),
-        Binding("g", "register", "Register/update"),
-        Binding("D", "unregister", "Unregister"),
-        Binding("k", "unlock", "Unlock key"),
+        Binding("g", "register", "Register", tooltip="Register or update the registration"),
+        Binding("D", "unregister", "Unreg", tooltip="Unregister and take the stake back"),
+        Binding("k", "unlock", "Unlock", tooltip="Unlock the node key (passphrase)"),
     ]
 
     status: var[cev.ChainStatus | None] = var(None)
@@ -105,11 +105,6 @@ class EarningsScreen(LiveScreen):
         self.status = message.event
         if self.is_current:
             self.redraw()
-
-    def on_engine_tx_settled(self, message: msg.TxSettled) -> None:
-        event = message.event
-        if event.status != "mined":
-            self.notify(event.error or event.status, title=f"{event.label} {event.status}")
 
     def on_screen_resume(self) -> None:
         super().on_screen_resume()

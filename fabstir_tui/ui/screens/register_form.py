@@ -11,11 +11,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, SelectionList, Static
+from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from fabstir_tui.engine.chain.actions import (
     ChainAction,
     Register,
+    SetPrice,
     UpdateMetadata,
     UpdateModels,
     registration_metadata,
@@ -52,7 +53,8 @@ class PriceUnit:
 
 
 class RegisterScreen(ModalScreen[list[ChainAction] | None]):
-    """Answers the actions to sign (register, or update models and metadata), or None."""
+    """Answers the actions to sign (register, or update models, prices and metadata), or None.
+    An update of one model's price alone is a single setPrice call."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel", show=False)]
 
@@ -69,7 +71,6 @@ class RegisterScreen(ModalScreen[list[ChainAction] | None]):
         registered = self.status.registered
         title = "Update the registration" if registered else "Register this node"
         prices = dict(self.status.models)
-        first_price = next(iter(prices.values()), 0)
         with Vertical(id="register-dialog", classes="dialog"):
             yield Label(title, classes="dialog-title")
             with VerticalScroll(id="register-fields"):
@@ -79,30 +80,34 @@ class RegisterScreen(ModalScreen[list[ChainAction] | None]):
                     yield Input(
                         token_amount(self.status.min_stake_wei, 18).replace(",", ""),
                         id="reg-stake",
+                        compact=True,
                     )
                 yield Static(
-                    f"Price per million tokens ({self.unit.symbol}), for every selected model",
+                    f"Models to serve and their price per million tokens ({self.unit.symbol}); "
+                    "hashed local GGUFs only",
                     markup=False,
                 )
-                price_text = token_amount(first_price, self.unit.decimals) if first_price else ""
-                yield Input(price_text.replace(",", ""), placeholder="e.g. 0.002", id="reg-price")
-                yield Static("Models to serve (hashed local GGUFs; space toggles)", markup=False)
-                yield SelectionList[str](
-                    *[
-                        (
-                            f"{Path(m.path).name}  0x{(m.sha256 or '')[:10]}…",
-                            m.sha256 or "",
-                            _on(m, prices),
+                for index, model in enumerate(self.models):
+                    price = prices.get("0x" + (model.sha256 or ""), 0)
+                    text = token_amount(price, self.unit.decimals).replace(",", "") if price else ""
+                    with Horizontal(classes="reg-model-row"):
+                        yield Checkbox(
+                            _label(model), _on(model, prices), id=f"reg-model-{index}", compact=True
                         )
-                        for m in self.models
-                    ],
-                    id="reg-models",
-                )
+                        yield Input(
+                            text, placeholder="e.g. 0.002", id=f"reg-price-{index}", compact=True
+                        )
+                if not self.models:
+                    yield Static(
+                        "No hashed model yet: add GGUF files to the models folder and wait "
+                        "for their SHA-256 (Models screen).",
+                        markup=False,
+                    )
                 if not registered:
                     yield Static("Payout address (earnings are withdrawn here)", markup=False)
-                    yield Input(self.status.address, id="reg-payout")
+                    yield Input(self.status.address, id="reg-payout", compact=True)
                 yield Static("API URL clients reach this node at (may stay empty)", markup=False)
-                yield Input(_api_url(self.status.metadata), id="reg-api")
+                yield Input(_api_url(self.status.metadata), id="reg-api", compact=True)
                 yield Static("", id="reg-error", markup=False)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Review (enter)", variant="primary", id="reg-ok")
@@ -127,22 +132,25 @@ class RegisterScreen(ModalScreen[list[ChainAction] | None]):
         self.dismiss(actions)
 
     def actions(self) -> list[ChainAction]:
-        price = parse_units(self.query_one("#reg-price", Input).value, self.unit.decimals, "price")
-        if price == 0:
-            raise FormError("price: must be more than 0")
-        chosen = list(self.query_one("#reg-models", SelectionList).selected)
+        chosen: list[tuple[str, int]] = []
+        for index, model in enumerate(self.models):
+            if not self.query_one(f"#reg-model-{index}", Checkbox).value:
+                continue
+            what = f"price of {Path(model.path).name}"
+            text = self.query_one(f"#reg-price-{index}", Input).value
+            price = parse_units(text, self.unit.decimals, what)
+            if price == 0:
+                raise FormError(f"{what}: must be more than 0")
+            chosen.append(("0x" + (model.sha256 or ""), price))
         if not chosen:
-            raise FormError("models: select at least one model to serve")
-        models = tuple(("0x" + str(sha), price) for sha in chosen)
+            raise FormError("models: tick at least one model to serve")
+        models = tuple(chosen)
         api_url = self.query_one("#reg-api", Input).value.strip()
         if api_url and not api_url.startswith(("http://", "https://")):
             raise FormError("API URL: must start with http:// or https://")
         metadata = registration_metadata(api_url, self.gpus)
         if self.status.registered:
-            actions: list[ChainAction] = [UpdateModels(models)]
-            if metadata != self.status.metadata:
-                actions.append(UpdateMetadata(metadata))
-            return actions
+            return self._updates(models, metadata)
         stake = parse_units(self.query_one("#reg-stake", Input).value, 18, "stake")
         if stake < self.status.min_stake_wei:
             minimum = token_amount(self.status.min_stake_wei, 18, "ETH")
@@ -151,6 +159,20 @@ class RegisterScreen(ModalScreen[list[ChainAction] | None]):
         if not (payout.startswith("0x") and len(payout) == 42):
             raise FormError("payout: an address, 0x and 40 hex digits")
         return [Register(stake, models, payout, metadata)]
+
+    def _updates(self, models: tuple[tuple[str, int], ...], metadata: str) -> list[ChainAction]:
+        """The fewest calls: per-model setPrice when the set is unchanged, else setModels."""
+        served = dict(self.status.models)
+        actions: list[ChainAction] = []
+        if {m for m, _ in models} == set(served):
+            actions += [SetPrice(m, p) for m, p in models if served[m] != p]
+        else:
+            actions.append(UpdateModels(models))
+        if metadata != self.status.metadata:
+            actions.append(UpdateMetadata(metadata))
+        if not actions:
+            raise FormError("nothing changed: the registry already says this")
+        return actions
 
     def action_cancel(self) -> None:
         self.dismiss(None)
