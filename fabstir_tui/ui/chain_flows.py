@@ -20,6 +20,11 @@ if TYPE_CHECKING:
     from fabstir_tui.ui.app import FabstirApp
 
 
+def _fail(app: FabstirApp, title: str, text: str) -> bool:
+    app.notify(text, title=title, severity="error", timeout=15, markup=False)
+    return False
+
+
 async def run_chain_actions(app: FabstirApp, actions: list[ChainAction]) -> bool:
     """Prepare, confirm and send each action in turn; stop at the first refusal or failure."""
     node = app.node
@@ -27,44 +32,20 @@ async def run_chain_actions(app: FabstirApp, actions: list[ChainAction]) -> bool
         try:
             prepared = await node.prepare_chain_action(action)
         except Exception as exc:
-            app.notify(
-                str(exc),
-                title=f"Cannot {describe(action)}",
-                severity="error",
-                timeout=12,
-                markup=False,
-            )
-            return False
+            return _fail(app, f"Cannot {describe(action)}", str(exc))
         signed = await app.push_screen_wait(ConfirmTxScreen(prepared.label, prepared.preview))
         if not signed:
             node.record_action(prepared.label, prepared.preview.description, "cancelled")
             app.notify("Nothing was signed.", title="Cancelled", markup=False)
             return False
-        app.notify(
-            f"{prepared.preview.description} sent; waiting for it to be mined…",
-            title="Transaction sent",
-            markup=False,
-        )
+        waiting = f"{prepared.preview.description} sent; waiting for it to be mined…"
+        app.notify(waiting, title="Transaction sent", markup=False)
         try:
             outcome = await node.execute_chain_action(prepared)
         except Exception as exc:
-            app.notify(
-                str(exc),
-                title=f"{prepared.label} failed",
-                severity="error",
-                timeout=15,
-                markup=False,
-            )
-            return False
+            return _fail(app, f"{prepared.label} failed", str(exc))
         if not outcome.ok:
-            app.notify(
-                outcome.error or outcome.status,
-                title=f"{prepared.label} {outcome.status}",
-                severity="error",
-                timeout=15,
-                markup=False,
-            )
-            return False
+            return _fail(app, f"{prepared.label} {outcome.status}", outcome.error or "")
         fee = token_amount(outcome.fee_wei, 18, "ETH")
         app.notify(
             f"mined in block {outcome.block_number} (tx {short_hex(outcome.tx_hash)}, fee {fee})",
@@ -78,8 +59,8 @@ async def open_registration(app: FabstirApp, status: ChainStatus | None) -> None
     """The register/update form, then its actions through the confirm dialog."""
     refusal = app.node.chain_refusal()
     if refusal is not None:
-        app.notify(refusal, title="Cannot register", severity="error", timeout=12, markup=False)
         app.node.record_action("register", "form not opened", f"refused: {refusal}")
+        _fail(app, "Cannot register", refusal)
         return
     status = status or app.node.chain.status
     unit = PriceUnit("ETH", 18)
@@ -101,12 +82,7 @@ async def ask_passphrase(app: FabstirApp) -> None:
         app.notify("The key is already unlocked.", markup=False)
         return
     if not chain.address:
-        app.notify(
-            chain.status.wallet_detail or "no keystore",
-            title="No key",
-            severity="error",
-            markup=False,
-        )
+        _fail(app, "No key", chain.status.wallet_detail or "no keystore")
         return
     passphrase = await app.push_screen_wait(PassphraseScreen(chain.address, str(chain.keystore)))
     if not passphrase:
@@ -115,6 +91,6 @@ async def ask_passphrase(app: FabstirApp) -> None:
     try:
         await app.node.unlock_wallet(passphrase)
     except Exception as exc:
-        app.notify(str(exc), title="Not unlocked", severity="error", timeout=12, markup=False)
+        _fail(app, "Not unlocked", str(exc))
         return
     app.notify(f"key {chain.address} unlocked", title="Unlocked", markup=False)

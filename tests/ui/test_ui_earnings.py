@@ -15,6 +15,7 @@ from fabstir_tui.engine.node import Node
 from fabstir_tui.ui.app import FabstirApp
 from fabstir_tui.ui.screens.confirm_tx import ConfirmTxScreen
 from fabstir_tui.ui.screens.earnings import EarningsScreen
+from fabstir_tui.ui.screens.passphrase import PassphraseScreen
 from fabstir_tui.ui.screens.register_form import RegisterScreen
 
 MIN_STAKE = 10**17
@@ -197,5 +198,82 @@ async def test_read_only_mode_refuses_every_chain_action(
             refusals = [a for a in node.recent_audit() if "read-only" in a.outcome]
             assert len(refusals) == 3
             assert not devnet.nodes.functions.isRegistered(devnet.host).call()
+    finally:
+        await node.stop()
+
+
+@pytest.fixture
+def no_keyring() -> Iterator[None]:
+    """The OS keyring is a boundary this machine lacks anyway: pin it to keyring's own
+    'no keyring' backend so an operator's desktop keyring cannot change the test."""
+    import keyring
+    from keyring.backends import fail
+
+    before = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    yield
+    keyring.set_keyring(before)
+
+
+async def test_locked_key_prompt_wrong_then_right_and_a_cancelled_signature(
+    tmp_path: Path, config_for: object, devnet: Devnet, no_keyring: None
+) -> None:
+    keystore = node_keystore(tmp_path / "data")
+    config = chain_config(config_for(), devnet, keystore)  # type: ignore[operator]
+    node = Node(config)
+    app = FabstirApp(node, config)
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: node.state == "running", "node running")
+            await pilot.press("5")
+            await wait_for(pilot, lambda: isinstance(app.screen, EarningsScreen), "earnings")
+            assert node.chain.wallet_state == "locked"
+            assert "cannot sign" in (node.chain_refusal() or "")
+            for attempt in ("not the passphrase", PASSPHRASE):
+                await pilot.press("k")
+                await wait_for(pilot, lambda: isinstance(app.screen, PassphraseScreen), "prompt")
+                field = app.screen.query_one(Input)
+                assert field.password  # never echoed
+                field.value = attempt
+                await pilot.press("enter")
+                await wait_for(
+                    pilot,
+                    lambda: node.chain.wallet_state in ("locked", "unlocked")
+                    and isinstance(app.screen, EarningsScreen),
+                    "unlock attempt done",
+                    bound_s=60,
+                )
+            assert node.chain.wallet_state == "unlocked"
+            outcomes = [a.outcome for a in node.recent_audit() if a.action == "unlock wallet"]
+            assert outcomes[0].startswith("failed: wrong passphrase for keystore")
+            assert outcomes[1] == "unlocked"
+            assert all(PASSPHRASE not in log.message for log in node.recent_logs())
+
+            # Unregister while not registered: the estimate reverts, nothing to confirm.
+            await pilot.press("D")
+            await wait_for(
+                pilot,
+                lambda: any("NotRegistered" in a.outcome for a in node.recent_audit()),
+                "refusal decoded",
+            )
+            assert isinstance(app.screen, EarningsScreen)
+            # A registration the operator cancels in the dialog signs nothing.
+            await wait_for(pilot, lambda: any(m.sha256 for m in node.snapshot().models), "hash")
+            await pilot.press("g")
+            await wait_for(pilot, lambda: isinstance(app.screen, RegisterScreen), "form")
+            assert isinstance(app.screen, RegisterScreen)
+            app.screen.query_one("#reg-price-0", Input).value = "1"
+            app.screen.submit()
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTxScreen), "confirm")
+            await pilot.press("n")
+            await wait_for(
+                pilot,
+                lambda: any(a.outcome == "cancelled" for a in node.recent_audit()),
+                "cancel audited",
+            )
+            assert not devnet.nodes.functions.isRegistered(devnet.host).call()
+            assert node.chain.sender is not None
+            journal = node.store.query("SELECT count(*) FROM tx_journal") if node.store else []
+            assert journal == [(0,)]
     finally:
         await node.stop()
