@@ -5,7 +5,7 @@ import {NodeRegistry} from "./NodeRegistry.sol";
 
 /// @title HostEarnings
 /// @notice What hosts have earned, per (host, token); token address(0) is ETH. Only the
-///         marketplace set by the owner credits; the host pulls its whole balance with
+///         marketplace the owner names (once) credits; the host pulls its whole balance with
 ///         withdraw(token), paid to its payout address in NodeRegistry (or to itself if none).
 contract HostEarnings {
     address public immutable owner;
@@ -28,6 +28,7 @@ contract HostEarnings {
     error NothingToWithdraw(address host, address token);
     error EthTransferFailed(address to, uint256 amount);
     error TokenTransferFailed(address token);
+    error MarketplaceAlreadySet(address marketplace);
 
     modifier nonReentrant() {
         if (_locked != 1) revert Reentrancy();
@@ -41,9 +42,12 @@ contract HostEarnings {
         nodeRegistry = registry;
     }
 
+    /// @notice Names the marketplace, once: re-pointing it would strand every live job of the
+    ///         old one, whose credits would then be refused.
     function setMarketplace(address newMarketplace) external {
         if (msg.sender != owner) revert NotOwner(msg.sender);
         if (newMarketplace == address(0)) revert ZeroAddress();
+        if (marketplace != address(0)) revert MarketplaceAlreadySet(marketplace);
         emit MarketplaceSet(marketplace, newMarketplace);
         marketplace = newMarketplace;
     }

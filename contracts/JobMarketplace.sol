@@ -13,28 +13,38 @@ import {NodeRegistry} from "./NodeRegistry.sol";
 ///         after the dispute window (the client may release at once) → paid. The client may
 ///         cancel while open; anyone may expire it at the deadline while open or claimed.
 ///         Within the dispute window the client may challenge with the bond; the arbiter
-///         resolves: upheld → the client may withdraw the whole escrow, its bond and the slashed
-///         share of the host's stake (the slashed ETH compensates the wronged client rather than
-///         feeding the treasury, which would reward the arbiter's side for upholding);
-///         rejected → the host is paid as on release and is credited the bond in HostEarnings.
+///         resolves within the arbitration window: upheld → the client may withdraw the whole
+///         escrow, its bond and the slashed share of the host's stake (the slashed ETH
+///         compensates the wronged client rather than feeding the treasury, which would reward
+///         the arbiter's side for upholding); rejected → the host is paid as on release and is
+///         credited the bond in HostEarnings. If the arbiter stays silent for the whole
+///         arbitration window, anyone may settle the job (settleUnresolved): the host is paid
+///         as on release, the bond goes back to the client, nothing is slashed, so the escrow,
+///         the bond and the host's stake are never stuck.
 ///
 ///         Session: a client opens one with a host and a deposit at the host's registered
-///         price; the host proves work in increments of tokens; client or host completes it;
-///         anyone may time it out once no proof came for `timeout` seconds.
+///         price, which must not exceed the client's maximum (a host cannot raise its price
+///         under a client's pending transaction); the host proves work in increments of tokens;
+///         client or host completes it; anyone may time it out once no proof came for `timeout`
+///         seconds. Sessions are never slashed, so they do not lock the host's stake: a host may
+///         unregister with sessions open, and they still settle and pay it (to its last payout
+///         address) as usual.
 ///
 ///         Time: work on a job is accepted while block.timestamp < deadline and it expires from
 ///         the deadline on; the dispute window is [submittedAt, submittedAt + disputeWindow):
-///         a challenge inside it, a release by anyone but the client from its end on. Likewise
-///         proofs while block.timestamp < lastActivity + timeout, a time-out from then on.
+///         a challenge inside it, a release by anyone but the client from its end on; the
+///         arbitration window is [challengedAt, challengedAt + arbitrationWindow): a verdict
+///         inside it, settleUnresolved from its end on. Likewise proofs while block.timestamp <
+///         lastActivity + timeout, a time-out from then on.
 ///
 ///         Charge = tokens × price per million / 1e6, rounded down, capped by the escrow; fee =
 ///         charge × feeBps / 10000 rounded down. Refunds, fees, bonds and slashed stake are pull
 ///         payments (`claimable`, `withdraw`); host earnings go to HostEarnings.
 ///
 ///         Tokens: any ERC20 may be named; accounting is per token, so a bad token harms only
-///         the jobs and sessions that use it. NodeRegistry keeps one price per model, read in
-///         the base units of whichever token the job uses: a host's node should claim or
-///         accept only work in tokens it has priced for, and check a session's timeout.
+///         the jobs and sessions that use it. A host's prices are in its one registered price
+///         token (NodeRegistry.priceTokenOf): a claim or a session in any other token is
+///         refused (TokenNotPriced). A host's node should still check a session's timeout.
 contract JobMarketplace is MarketplaceEscrow {
     enum JobStatus {
         None,
@@ -63,6 +73,7 @@ contract JobMarketplace is MarketplaceEscrow {
         uint64 claimedAt;
         address host;
         uint64 submittedAt;
+        uint64 challengedAt;
         bytes32 modelId;
         bytes32 promptHash;
         uint256 escrow;
@@ -96,6 +107,9 @@ contract JobMarketplace is MarketplaceEscrow {
     uint256 public immutable challengeBond;
     /// Share of the host's stake, in basis points, slashed when a challenge is upheld.
     uint256 public immutable slashBps;
+    /// Seconds after a challenge during which the arbiter may resolve it; from then on anyone
+    /// may settle it unresolved.
+    uint256 public immutable arbitrationWindow;
 
     uint256 public jobCount;
     uint256 public sessionCount;
@@ -133,6 +147,7 @@ contract JobMarketplace is MarketplaceEscrow {
     );
     event JobChallenged(uint256 indexed jobId, address indexed client, uint256 bond);
     event ChallengeResolved(uint256 indexed jobId, bool upheld, uint256 slashed);
+    event ChallengeExpired(uint256 indexed jobId, address indexed client, uint256 bondReturned);
     event JobCancelled(uint256 indexed jobId, uint256 refund);
     event JobExpired(uint256 indexed jobId, uint256 refund);
     event SessionCreated(
@@ -171,6 +186,7 @@ contract JobMarketplace is MarketplaceEscrow {
     );
 
     error SlashTooHigh(uint256 slashBps);
+    error ZeroArbitrationWindow();
     error ZeroEscrow();
     error ZeroMaxTokens();
     error ZeroMaxPrice();
@@ -180,6 +196,7 @@ contract JobMarketplace is MarketplaceEscrow {
     error DeadlinePassed(uint256 jobId, uint64 deadline);
     error DeadlineNotReached(uint256 jobId, uint64 deadline);
     error PriceTooHigh(uint256 jobId, uint256 pricePerMillion, uint256 maxPricePerMillion);
+    error HostPriceTooHigh(address host, uint256 pricePerMillion, uint256 maxPricePerMillion);
     error NotJobHost(uint256 jobId, address caller);
     error NotJobClient(uint256 jobId, address caller);
     error TooManyTokens(uint256 jobId, uint256 tokensUsed, uint256 maxTokens);
@@ -187,6 +204,8 @@ contract JobMarketplace is MarketplaceEscrow {
     error DisputeWindowClosed(uint256 jobId, uint256 endedAt);
     error BondMismatch(uint256 sent, uint256 bond);
     error NotArbiter(address caller);
+    error ArbitrationWindowOpen(uint256 jobId, uint256 endsAt);
+    error ArbitrationWindowClosed(uint256 jobId, uint256 endedAt);
     error ZeroDeposit();
     error ZeroProofInterval();
     error ZeroTimeout();
@@ -207,12 +226,15 @@ contract JobMarketplace is MarketplaceEscrow {
         uint256 feeBps_,
         uint256 disputeWindow_,
         uint256 challengeBond_,
-        uint256 slashBps_
+        uint256 slashBps_,
+        uint256 arbitrationWindow_
     ) MarketplaceEscrow(nodes, earnings, treasury_, arbiter_, feeBps_) {
         if (slashBps_ > BPS) revert SlashTooHigh(slashBps_);
+        if (arbitrationWindow_ == 0) revert ZeroArbitrationWindow();
         disputeWindow = disputeWindow_;
         challengeBond = challengeBond_;
         slashBps = slashBps_;
+        arbitrationWindow = arbitrationWindow_;
     }
 
     // ----------------------------------------------------------------------------- open jobs
@@ -248,12 +270,13 @@ contract JobMarketplace is MarketplaceEscrow {
         _pullEscrow(token, escrow);
     }
 
-    /// @notice A registered host serving the model at no more than the client's maximum takes
-    ///         the job; its price is recorded. Its stake stays locked until the job settles.
+    /// @notice A registered host serving the model at no more than the client's maximum, with
+    ///         its prices in the job's token, takes the job; its price is recorded. Its stake
+    ///         stays locked until the job settles.
     function claimJob(uint256 jobId) external {
         Job storage job = _jobIn(jobId, JobStatus.Open);
         if (block.timestamp >= job.deadline) revert DeadlinePassed(jobId, job.deadline);
-        uint256 price = _hostPrice(msg.sender, job.modelId);
+        uint256 price = _hostPrice(msg.sender, job.modelId, job.token);
         if (price > job.maxPricePerMillion) {
             revert PriceTooHigh(jobId, price, job.maxPricePerMillion);
         }
@@ -319,15 +342,20 @@ contract JobMarketplace is MarketplaceEscrow {
         if (block.timestamp >= endsAt) revert DisputeWindowClosed(jobId, endsAt);
         if (msg.value != challengeBond) revert BondMismatch(msg.value, challengeBond);
         job.status = JobStatus.Challenged;
+        job.challengedAt = uint64(block.timestamp);
         emit JobChallenged(jobId, msg.sender, msg.value);
     }
 
-    /// @notice The arbiter's verdict. Upheld: the client may withdraw the escrow, the bond and
-    ///         slashBps of the host's stake (ETH). Rejected: paid as on release, and the bond
-    ///         is credited to the host in HostEarnings.
+    /// @notice The arbiter's verdict, inside the arbitration window. Upheld: the client may
+    ///         withdraw the escrow, the bond and slashBps of the host's stake (ETH). Rejected:
+    ///         paid as on release, and the bond is credited to the host in HostEarnings.
+    ///         From the window's end on the verdict is refused, so the arbiter cannot race
+    ///         settleUnresolved (nor be raced by it).
     function resolveChallenge(uint256 jobId, bool upheld) external nonReentrant {
         if (msg.sender != arbiter) revert NotArbiter(msg.sender);
         Job storage job = _jobIn(jobId, JobStatus.Challenged);
+        uint256 endsAt = _arbitrationEnd(job);
+        if (block.timestamp >= endsAt) revert ArbitrationWindowClosed(jobId, endsAt);
         address host = job.host;
         if (upheld) {
             uint256 slashed = (nodeRegistry.stakeOf(host) * slashBps) / BPS;
@@ -343,6 +371,23 @@ contract JobMarketplace is MarketplaceEscrow {
             _creditHost(host, ETH, challengeBond);
         }
         nodeRegistry.closeWork(host);
+    }
+
+    /// @notice Anyone settles a challenge the arbiter left unresolved for the whole
+    ///         arbitration window. The job settles as if the challenge were rejected (the host
+    ///         is paid as on release, the refund and fee are booked as usual) EXCEPT the bond:
+    ///         it becomes claimable by the client again, and nothing is slashed. The arbiter's
+    ///         silence punishes nobody: not the host's stake, not the client's bond. The host's
+    ///         stake is unlocked (its open work closes), so it may unregister.
+    function settleUnresolved(uint256 jobId) external nonReentrant {
+        Job storage job = _jobIn(jobId, JobStatus.Challenged);
+        uint256 endsAt = _arbitrationEnd(job);
+        if (block.timestamp < endsAt) revert ArbitrationWindowOpen(jobId, endsAt);
+        job.status = JobStatus.Released;
+        claimable[job.client][ETH] += challengeBond;
+        emit ChallengeExpired(jobId, job.client, challengeBond);
+        _payHost(jobId, job);
+        nodeRegistry.closeWork(job.host);
     }
 
     /// @notice The client withdraws an unclaimed job; its escrow becomes claimable.
@@ -379,23 +424,37 @@ contract JobMarketplace is MarketplaceEscrow {
         return job.submittedAt == 0 ? 0 : _disputeEnd(job);
     }
 
+    /// @notice When the arbitration window of a challenged job ends (0 before a challenge).
+    function arbitrationEndsAt(uint256 jobId) external view returns (uint256) {
+        Job storage job = _jobs[jobId];
+        return job.challengedAt == 0 ? 0 : _arbitrationEnd(job);
+    }
+
     // ------------------------------------------------------------------------------ sessions
 
     /// @notice Opens a session with `host` at its registered price for `modelId`, with a
-    ///         deposit (ETH as msg.value, or an ERC20 approved first). `proofInterval` is how
-    ///         many tokens the host serves between proofs (the node's rule, recorded here).
+    ///         deposit (ETH as msg.value, or an ERC20 approved first). The price must not
+    ///         exceed `maxPricePerMillion` (the price the client saw), and `token` must be the
+    ///         host's price token. `proofInterval` is how many tokens the host serves between
+    ///         proofs (the node's rule, recorded here). The session does not lock the host's
+    ///         stake (sessions are never slashed).
     function createSession(
         address host,
         bytes32 modelId,
         address token,
         uint256 deposit,
+        uint256 maxPricePerMillion,
         uint256 proofInterval,
         uint64 timeout
     ) external payable nonReentrant returns (uint256 sessionId) {
         if (deposit == 0) revert ZeroDeposit();
+        if (maxPricePerMillion == 0) revert ZeroMaxPrice();
         if (proofInterval == 0) revert ZeroProofInterval();
         if (timeout == 0) revert ZeroTimeout();
-        uint256 price = _hostPrice(host, modelId);
+        uint256 price = _hostPrice(host, modelId, token);
+        if (price > maxPricePerMillion) {
+            revert HostPriceTooHigh(host, price, maxPricePerMillion);
+        }
         _checkValue(token, deposit);
         sessionId = ++sessionCount;
         Session storage s = _sessions[sessionId];
@@ -421,7 +480,6 @@ contract JobMarketplace is MarketplaceEscrow {
             proofInterval,
             timeout
         );
-        nodeRegistry.openWork(host);
         _pullEscrow(token, deposit);
     }
 
@@ -443,6 +501,8 @@ contract JobMarketplace is MarketplaceEscrow {
     }
 
     /// @notice Client or host ends the session: what was proven is paid, the rest refunded.
+    ///         A host that has unregistered meanwhile is still paid (HostEarnings sends it to
+    ///         its last payout address).
     function completeSession(uint256 sessionId) external nonReentrant {
         Session storage s = _activeSession(sessionId);
         if (msg.sender != s.client && msg.sender != s.host) {
@@ -452,7 +512,6 @@ contract JobMarketplace is MarketplaceEscrow {
         (uint256 charge, uint256 fee, uint256 hostAmount, uint256 refund) = _settleSession(s);
         emit SessionCompleted(sessionId, msg.sender, s.tokensProven, charge, fee, hostAmount, refund);
         _creditHost(s.host, s.token, hostAmount);
-        nodeRegistry.closeWork(s.host);
     }
 
     /// @notice Anyone ends a session that saw no proof for `timeout` seconds; settled as on
@@ -465,7 +524,6 @@ contract JobMarketplace is MarketplaceEscrow {
         (uint256 charge, uint256 fee, uint256 hostAmount, uint256 refund) = _settleSession(s);
         emit SessionTimedOut(sessionId, s.tokensProven, charge, fee, hostAmount, refund);
         _creditHost(s.host, s.token, hostAmount);
-        nodeRegistry.closeWork(s.host);
     }
 
     function getSession(uint256 sessionId) external view returns (Session memory) {
@@ -501,6 +559,10 @@ contract JobMarketplace is MarketplaceEscrow {
 
     function _disputeEnd(Job storage job) private view returns (uint256) {
         return uint256(job.submittedAt) + disputeWindow;
+    }
+
+    function _arbitrationEnd(Job storage job) private view returns (uint256) {
+        return uint256(job.challengedAt) + arbitrationWindow;
     }
 
     function _payHost(uint256 jobId, Job storage job) private {

@@ -45,6 +45,7 @@ abstract contract MarketplaceEscrow {
     error ModelNotApproved(bytes32 modelId);
     error NotRegistered(address host);
     error ModelNotServed(address host, bytes32 modelId);
+    error TokenNotPriced(address host, address token, address priceToken);
     error StakeBelowMinimum(address host, uint256 stake, uint256 minimum);
 
     modifier nonReentrant() {
@@ -108,12 +109,20 @@ abstract contract MarketplaceEscrow {
         }
     }
 
-    /// @dev The price `host` charges for `modelId`, refusing hosts that may not take work.
-    function _hostPrice(address host, bytes32 modelId) internal view returns (uint256 price) {
+    /// @dev The price `host` charges for `modelId` in `token`, refusing hosts that may not take
+    ///      the work: a host's prices are in its one price token, so work paid in another
+    ///      token is refused rather than paid in the wrong base units.
+    function _hostPrice(
+        address host,
+        bytes32 modelId,
+        address token
+    ) internal view returns (uint256 price) {
         if (!modelRegistry.isApproved(modelId)) revert ModelNotApproved(modelId);
         if (!nodeRegistry.isRegistered(host)) revert NotRegistered(host);
         price = nodeRegistry.priceOf(host, modelId);
         if (price == 0) revert ModelNotServed(host, modelId);
+        address priceToken = nodeRegistry.priceTokenOf(host);
+        if (priceToken != token) revert TokenNotPriced(host, token, priceToken);
         uint256 stake = nodeRegistry.stakeOf(host);
         uint256 minimum = nodeRegistry.minStake();
         if (stake < minimum) revert StakeBelowMinimum(host, stake, minimum);

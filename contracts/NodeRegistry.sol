@@ -5,10 +5,13 @@ import {ModelRegistry} from "./ModelRegistry.sol";
 
 /// @title NodeRegistry
 /// @notice Hosts register with an ETH stake, the approved models they serve, a price per model
-///         (per million tokens, payment token base units), a payout address and metadata.
+///         (per million tokens, in base units of the host's one price token), the price token
+///         (address(0) = ETH; the marketplace refuses work paid in any other token), a payout
+///         address and metadata.
 ///         The owner names one marketplace once wired; the marketplace marks a host's open work
-///         (a claimed job, an active session) and may slash its stake when a challenge against
-///         it is upheld. A host with open work cannot unregister, so its stake stays slashable.
+///         (a claimed job: sessions are never slashed, so they do not count) and may slash its
+///         stake when a challenge against it is upheld. A host with open work cannot unregister,
+///         so its stake stays slashable.
 contract NodeRegistry {
     struct Node {
         uint256 stake;
@@ -16,6 +19,8 @@ contract NodeRegistry {
         string metadata;
         bytes32[] models;
         bool active;
+        /// The token its prices are denominated in (address(0) = ETH).
+        address priceToken;
     }
 
     address public immutable owner;
@@ -27,7 +32,7 @@ contract NodeRegistry {
     mapping(address => mapping(bytes32 => uint256)) private _pricePerMillion;
     /// Kept after unregistration so earnings still reach the payout address.
     mapping(address => address) private _lastPayout;
-    /// Jobs claimed and sessions opened that the marketplace has not settled yet.
+    /// Jobs claimed that the marketplace has not settled or given back yet.
     mapping(address => uint256) public openWorkOf;
     uint256 private _locked = 1;
 
@@ -37,6 +42,7 @@ contract NodeRegistry {
     event ModelsUpdated(address indexed host, bytes32[] models);
     event ModelPriceSet(address indexed host, bytes32 indexed modelId, uint256 pricePerMillion);
     event PayoutUpdated(address indexed host, address payout);
+    event PriceTokenSet(address indexed host, address priceToken);
     event MetadataUpdated(address indexed host, string metadata);
     event MarketplaceSet(address indexed marketplace);
     event WorkOpened(address indexed host, uint256 openWork);
@@ -96,9 +102,12 @@ contract NodeRegistry {
         emit MarketplaceSet(newMarketplace);
     }
 
+    /// @notice Registers msg.sender with msg.value as stake; `pricesPerMillion` are in base
+    ///         units of `priceToken` (address(0) = ETH), the only token it will be paid in.
     function register(
         bytes32[] calldata models,
         uint256[] calldata pricesPerMillion,
+        address priceToken,
         address payout,
         string calldata metadata
     ) external payable {
@@ -110,8 +119,10 @@ contract NodeRegistry {
         node.stake = msg.value;
         node.payout = payout;
         node.metadata = metadata;
+        node.priceToken = priceToken;
         _lastPayout[msg.sender] = payout;
         emit NodeRegistered(msg.sender, msg.value, payout, metadata);
+        emit PriceTokenSet(msg.sender, priceToken);
         _setModels(node, models, pricesPerMillion);
     }
 
@@ -140,6 +151,14 @@ contract NodeRegistry {
         _nodes[msg.sender].payout = payout;
         _lastPayout[msg.sender] = payout;
         emit PayoutUpdated(msg.sender, payout);
+    }
+
+    /// @notice Names the token the host's prices are in from now on (address(0) = ETH).
+    ///         Jobs already claimed keep the price and token they were claimed with; set
+    ///         prices to match the new token's base units (setModels or setPrice).
+    function setPriceToken(address priceToken) external onlyRegistered {
+        _nodes[msg.sender].priceToken = priceToken;
+        emit PriceTokenSet(msg.sender, priceToken);
     }
 
     function setMetadata(string calldata metadata) external onlyRegistered {
@@ -171,7 +190,7 @@ contract NodeRegistry {
         if (!ok) revert StakeTransferFailed(msg.sender, stake);
     }
 
-    /// @notice The marketplace marks a claimed job or an opened session of `host`.
+    /// @notice The marketplace marks a job claimed by `host`.
     function openWork(address host) external onlyMarketplace {
         if (!_nodes[host].active) revert NotRegistered(host);
         uint256 work = openWorkOf[host] + 1;
@@ -179,7 +198,7 @@ contract NodeRegistry {
         emit WorkOpened(host, work);
     }
 
-    /// @notice The marketplace marks that a job or session of `host` is settled or given back.
+    /// @notice The marketplace marks that a job of `host` is settled or given back.
     function closeWork(address host) external onlyMarketplace {
         uint256 work = openWorkOf[host];
         if (work == 0) revert NoOpenWork(host);
@@ -221,14 +240,22 @@ contract NodeRegistry {
             address payout,
             string memory metadata,
             bytes32[] memory models,
-            bool active
+            bool active,
+            address priceToken
         )
     {
         Node storage node = _nodes[host];
-        return (node.stake, node.payout, node.metadata, node.models, node.active);
+        return (node.stake, node.payout, node.metadata, node.models, node.active, node.priceToken);
     }
 
-    /// @notice Price per million tokens in base units; 0 means the host does not serve it.
+    /// @notice The token `host`'s prices are in (address(0) = ETH, also for a host that is not
+    ///         registered: check isRegistered).
+    function priceTokenOf(address host) external view returns (address) {
+        return _nodes[host].priceToken;
+    }
+
+    /// @notice Price per million tokens in base units of the host's price token; 0 means the
+    ///         host does not serve it.
     function priceOf(address host, bytes32 modelId) external view returns (uint256) {
         return _pricePerMillion[host][modelId];
     }

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from fabstir_tui.config import (
     format_config_show,
     load_config,
 )
+
+if TYPE_CHECKING:
+    from fabstir_tui.commands.demo_chain import ChainlessDemo, DemoChain
 
 # Flag name -> dotted config key; a flag given on the command line beats file and env.
 _FLAGS: dict[str, str] = {
@@ -102,10 +105,10 @@ def main_group(
 
 def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: bool = False) -> int:
     from fabstir_tui.engine.inference.demo_model import demo_model_path
-    from fabstir_tui.engine.node import Node
 
     extra: dict[str, object] | None = None
     model: Path | None = None
+    chain: DemoChain | ChainlessDemo | None = None
     if demo:
         model = demo_model_path()
         if model is None:
@@ -118,17 +121,50 @@ def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: b
         named = base.sources.get("paths.models_dirs", "default") != "default"
         dirs = [*base.config.paths.models_dirs, model.parent] if named else [model.parent]
         extra = {"paths.models_dirs": dirs}
+        demo_dir = base.config.paths.data_dir
         if "paths.data_dir" not in ctx.obj.cli:
-            extra["paths.data_dir"] = base.config.paths.data_dir / "demo"
+            demo_dir = demo_dir / "demo"
+            extra["paths.data_dir"] = demo_dir
+        from fabstir_tui.commands.demo_chain import start_demo_chain
+        from fabstir_tui.commands.devnet import SetupInterrupted
+        from fabstir_tui.commands.headless import EXIT_INTERRUPTED
+
+        try:
+            chain = start_demo_chain(demo_dir, log_later=not headless)
+        except SetupInterrupted as exc:
+            return fail(f"demo stopped by {exc} while its devnet was starting", EXIT_INTERRUPTED)
+        extra.update(chain.config_extra())  # the devnet's [chain], key and store, as "demo"
+    try:
+        return _serve(ctx, extra, headless=headless, model=model, once=once, chain=chain)
+    finally:
+        if chain is not None:  # the node has stopped by now: anvil goes last
+            chain.stop()
+
+
+def _serve(
+    ctx: click.Context,
+    extra: dict[str, object] | None,
+    *,
+    headless: bool,
+    model: Path | None,
+    once: bool,
+    chain: DemoChain | ChainlessDemo | None,
+) -> int:
+    """Run the node headless or under the TUI until it stops."""
+    from fabstir_tui.engine.node import Node
+
     config = _config(ctx, extra)
     node = Node(config)
+    after_start = chain.after_start if chain is not None else None
     if headless:
         from fabstir_tui.commands.headless import run_headless
 
-        return asyncio.run(run_headless(node, demo_model=model, once=once))
+        return asyncio.run(run_headless(node, demo_model=model, once=once, after_start=after_start))
     from fabstir_tui.ui.app import FabstirApp
 
-    app = FabstirApp(node, config, demo_model=str(model) if model else None)
+    app = FabstirApp(
+        node, config, demo_model=str(model) if model else None, after_start=after_start
+    )
     app.run()
     return app.return_code or EXIT_OK
 

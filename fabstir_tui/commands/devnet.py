@@ -6,6 +6,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,7 +25,7 @@ from web3.exceptions import Web3Exception
 
 from fabstir_tui.commands.output import EXIT_OK, EXIT_USAGE, emit_json, fail, say
 from fabstir_tui.config import Config
-from fabstir_tui.engine.chain.anvil import DEFAULT_MNEMONIC, Anvil, AnvilError
+from fabstir_tui.engine.chain.anvil import DEFAULT_MNEMONIC, Anvil, AnvilError, RpcError
 from fabstir_tui.engine.chain.artifacts import ArtifactError, load_artifact
 from fabstir_tui.engine.chain.deploy import (
     DeployError,
@@ -52,8 +54,12 @@ _CONTRACTS = (  # config key, contract name, Deployment field
 )
 
 
-class _Interrupted(Exception):
+class SetupInterrupted(Exception):
     """A stop signal arrived while the devnet was still being set up."""
+
+
+# What a failed set-up raises; each carries a sentence for the operator.
+SETUP_ERRORS = (AnvilError, RpcError, ArtifactError, DeployError, Web3Exception, OSError)
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ class DevnetInfo:
     ws_url: str
     anvil_pid: int
     deployment: Deployment
-    config_path: Path
+    config_path: Path | None
     accounts: list[DevnetAccount] = field(default_factory=list)
     models: list[tuple[bytes, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -87,8 +93,21 @@ class DevnetInfo:
         out = {key: str(getattr(self.deployment, attr)) for key, _, attr in _CONTRACTS}
         return {key: address for key, address in out.items() if address}
 
+    def chain_settings(self) -> dict[str, object]:
+        """The [chain] values a node needs here; every contract key, empty when not deployed,
+        so a layer built from them hides whatever a lower layer named."""
+        return {
+            "chain_id": self.chain_id,
+            "rpc_urls": [self.rpc_url],
+            "ws_url": self.ws_url,
+            **{key: str(getattr(self.deployment, attr)) for key, _, attr in _CONTRACTS},
+            "start_block": self.deployment.start_block,
+            "confirmations": 0,
+            "poll_interval_s": POLL_INTERVAL_S,
+        }
 
-class _StopSignals:
+
+class StopSignals:
     """SIGINT/SIGTERM/SIGHUP only set a flag, so set-up steps stop between steps, never mid-way."""
 
     def __init__(self) -> None:
@@ -113,7 +132,7 @@ class _StopSignals:
     def checkpoint(self) -> None:
         """Raise between set-up steps once a stop was asked for."""
         if self.stop.is_set():
-            raise _Interrupted(self.name)
+            raise SetupInterrupted(self.name)
 
 
 def devnet_accounts(count: int, mnemonic: str = DEFAULT_MNEMONIC) -> list[DevnetAccount]:
@@ -178,15 +197,7 @@ def devnet_toml(info: DevnetInfo) -> str:
         "# Funded test accounts (keys from anvil's PUBLIC default mnemonic, never for real funds):",
     ]
     lines += [f"#   {i}: {a.address}" for i, a in enumerate(info.accounts)]
-    chain: dict[str, object] = {
-        "chain_id": info.chain_id,
-        "rpc_urls": [info.rpc_url],
-        "ws_url": info.ws_url,
-        **info.contracts(),
-        "start_block": info.deployment.start_block,
-        "confirmations": 0,
-        "poll_interval_s": POLL_INTERVAL_S,
-    }
+    chain = {key: value for key, value in info.chain_settings().items() if value != ""}
     lines += ["", "[chain]"]
     # JSON strings, numbers and string arrays are valid TOML values (ASCII-escaped).
     lines += [f"{key} = {json.dumps(value)}" for key, value in chain.items()]
@@ -287,19 +298,101 @@ def info_json(info: DevnetInfo) -> dict[str, Any]:
     }
 
 
-def _bring_up(
-    anvil: Anvil, signals: _StopSignals, block_time_s: float, config_path: Path, started: float
+# Run by the guard: wait for EOF on stdin (our end closes however we die), then stop anvil.
+_GUARD_CODE = (
+    "import os, signal, sys\n"
+    "sys.stdin.buffer.read()\n"
+    "try:\n    os.killpg(int(sys.argv[1]), signal.SIGTERM)\n"
+    "except OSError:\n    pass\n"
+)
+
+
+class Devnet:
+    """A running devnet: anvil, the guard that stops it if we die, and what was deployed."""
+
+    def __init__(self, anvil: Anvil, info: DevnetInfo, guard: subprocess.Popen[bytes] | None):
+        self.anvil = anvil
+        self.info = info
+        self._guard = guard
+
+    def alive(self) -> bool:
+        """True while anvil runs."""
+        return _alive(self.info.anvil_pid)
+
+    def stop(self) -> None:
+        """Stop anvil by its process group; idempotent."""
+        _stop(self.anvil, self._guard)
+        self._guard = None
+
+
+def start_guard(pid: int) -> subprocess.Popen[bytes] | None:
+    """A tiny process that SIGTERMs anvil's group once our end of its stdin closes: even when
+    this process is SIGKILLed, anvil (in its own session) does not outlive it."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _GUARD_CODE, str(pid)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C or hang-up aimed at us must not end it first
+        )
+    except OSError:
+        return None  # no guard: stop() in a finally block still stops anvil
+
+
+def _stop(anvil: Anvil, guard: subprocess.Popen[bytes] | None) -> None:
+    """Retire the guard first (so it never signals a reused pid), then stop anvil."""
+    if guard is not None:
+        guard.kill()
+        guard.wait()
+        if guard.stdin is not None:
+            guard.stdin.close()
+    anvil.stop()
+
+
+def start_devnet(
+    *,
+    block_time_s: float,
+    chain_id: int,
+    progress: Progress,
+    config_path: Path | None = None,
+) -> Devnet:
+    """Start anvil, deploy the suite with the demo model approved, fund the test accounts and
+    write the config when `config_path` is given; on any failure anvil is already stopped.
+
+    `progress` sees each step and may raise to abandon set-up between steps.
+    """
+    if chain_id in MAINNET_CHAIN_IDS:
+        raise ValueError(f"chain id {chain_id} is {MAINNET_CHAIN_IDS[chain_id]}")
+    started = time.monotonic()
+    anvil = Anvil(
+        chain_id=chain_id,
+        accounts=TEST_ACCOUNTS,
+        balance_eth=TEST_ETH,
+        block_time=block_time_s or None,
+    )
+    guard: subprocess.Popen[bytes] | None = None
+    try:
+        block = f"block time {block_time_s:g} s" if block_time_s else "a block per transaction"
+        progress(f"starting anvil (chain id {anvil.chain_id}, {block})")
+        anvil.start()
+        guard = start_guard(anvil.pid)
+        progress(f"anvil listening on {anvil.http_url} (pid {anvil.pid})")
+        info = _deploy(anvil, progress, block_time_s, config_path)
+        if config_path is not None:
+            progress(f"writing the devnet config {config_path}")
+            write_atomic(config_path, devnet_toml(info))
+    except BaseException:
+        _stop(anvil, guard)
+        raise
+    info.ready_s = time.monotonic() - started
+    return Devnet(anvil, info, guard)
+
+
+def _deploy(
+    anvil: Anvil, progress: Progress, block_time_s: float, config_path: Path | None
 ) -> DevnetInfo:
-    """Start anvil, deploy, fund and write the config; each step checks for a stop first."""
-
-    def progress(message: str) -> None:
-        signals.checkpoint()
-        say(f"devnet: {message}")
-
-    block = f"block time {block_time_s:g} s" if block_time_s else "a block per transaction"
-    progress(f"starting anvil (chain id {anvil.chain_id}, {block})")
-    anvil.start()
-    progress(f"anvil listening on {anvil.http_url} (pid {anvil.pid})")
+    """Deploy, approve the demo model and fund every test account on a running anvil."""
     # Deploy with a block per transaction, then restore the block time: ready in about a
     # second instead of one block per deploy step. The RPC takes whole seconds only.
     fast = block_time_s > 0 and float(block_time_s).is_integer()
@@ -331,7 +424,7 @@ def _bring_up(
     ]
     if fast:
         anvil.rpc("evm_setIntervalMining", [int(block_time_s)])
-    info = DevnetInfo(
+    return DevnetInfo(
         chain_id=anvil.chain_id,
         block_time_s=block_time_s,
         rpc_url=anvil.http_url,
@@ -343,11 +436,6 @@ def _bring_up(
         models=models,
         notes=notes,
     )
-    progress(f"writing the devnet config {config_path}")
-    write_atomic(config_path, devnet_toml(info))
-    signals.checkpoint()
-    info.ready_s = time.monotonic() - started
-    return info
 
 
 def _alive(pid: int) -> bool:
@@ -367,7 +455,6 @@ def run_devnet(
     as_json: bool,
 ) -> int:
     """Bring the devnet up, report it, wait for a stop signal; anvil never outlives this call."""
-    started = time.monotonic()
     if chain_id in MAINNET_CHAIN_IDS:
         return fail(
             f"chain id {chain_id} is {MAINNET_CHAIN_IDS[chain_id]}: a devnet with public test "
@@ -376,35 +463,39 @@ def run_devnet(
         )
     target = config_out if config_out is not None else config.paths.data_dir / DEVNET_CONFIG_NAME
     config_path = target.expanduser().absolute()
-    anvil = Anvil(
-        chain_id=chain_id,
-        accounts=TEST_ACCOUNTS,
-        balance_eth=TEST_ETH,
-        block_time=block_time_s or None,
-    )
-    signals = _StopSignals()
+    signals = StopSignals()
+
+    def progress(message: str) -> None:
+        signals.checkpoint()
+        say(f"devnet: {message}")
+
     signals.install()
+    devnet: Devnet | None = None
     try:
         try:
-            info = _bring_up(anvil, signals, block_time_s, config_path, started)
-        except _Interrupted as exc:
+            devnet = start_devnet(
+                block_time_s=block_time_s,
+                chain_id=chain_id,
+                progress=progress,
+                config_path=config_path,
+            )
+            signals.checkpoint()
+        except SetupInterrupted as exc:
             return fail(f"devnet stopped by {exc} before it was ready")
-        except (AnvilError, ArtifactError, DeployError, Web3Exception, OSError) as exc:
+        except SETUP_ERRORS as exc:
             return fail(f"devnet set-up failed: {exc}")
+        info = devnet.info
         for line in summary_lines(info):
             say(line)
         if as_json:
             emit_json(info_json(info))
         while not signals.stop.wait(1.0):
-            if not _alive(info.anvil_pid):
-                return fail(f"anvil exited unexpectedly:\n{anvil.output_tail()}")
+            if not devnet.alive():
+                return fail(f"anvil exited unexpectedly:\n{devnet.anvil.output_tail()}")
         say(f"devnet: {signals.name} received, stopping")
         return EXIT_OK
     finally:
-        pid = 0
-        with contextlib.suppress(AnvilError):  # raised when anvil never started
-            pid = anvil.pid
-        anvil.stop()
+        if devnet is not None:
+            devnet.stop()
+            say(f"devnet: anvil (pid {devnet.info.anvil_pid}) stopped")
         signals.restore()
-        if pid:
-            say(f"devnet: anvil (pid {pid}) stopped")

@@ -14,6 +14,7 @@ from web3.exceptions import Web3Exception
 from fabstir_tui.commands.doctor import Check
 from fabstir_tui.config import Config
 from fabstir_tui.engine.chain.artifacts import load_artifact
+from fabstir_tui.engine.chain.rpc_pool import url_host
 from fabstir_tui.engine.chain.wallet import WalletError, keystore_path, read_address
 
 RPC_TIMEOUT_S = 5.0
@@ -40,9 +41,10 @@ def connect(url: str, timeout_s: float = RPC_TIMEOUT_S) -> Web3:
     return Web3(provider)
 
 
-def rpc_reason(url: str, exc: BaseException) -> str:
+def rpc_reason(full_url: str, exc: BaseException) -> str:
     """One short sentence naming the URL, instead of requests' nested exception text."""
-    text = str(exc)
+    url = url_host(full_url)
+    text = str(exc).replace(full_url, url)  # requests quotes the whole URL, API key and all
     if isinstance(exc, requests.Timeout):
         return f"{url} did not answer within {RPC_TIMEOUT_S:g} s"
     if isinstance(exc, requests.ConnectionError):
@@ -73,7 +75,7 @@ def check_rpc(urls: list[str]) -> tuple[list[Check], list[tuple[str, Web3]]]:
             checks.append(Check("chain RPC", "fail", rpc_reason(url, exc), _RPC_FIX))
             continue
         ms = (time.monotonic() - t0) * 1000
-        checks.append(Check("chain RPC", "ok", f"{url}: block {block}, {ms:.0f} ms"))
+        checks.append(Check("chain RPC", "ok", f"{url_host(url)}: block {block}, {ms:.0f} ms"))
         live.append((url, w3))
     return checks, live
 
@@ -88,7 +90,7 @@ def check_chain_id(config: Config, live: list[tuple[str, Web3]]) -> Check:
         except (OSError, Web3Exception, ValueError) as exc:
             return Check("chain id", "fail", rpc_reason(url, exc), _RPC_FIX)
         if got != want:
-            wrong.append(f"{url} serves chain id {got}")
+            wrong.append(f"{url_host(url)} serves chain id {got}")
     if wrong:
         return Check(
             "chain id",
@@ -168,7 +170,8 @@ def check_registration(config: Config, w3: Web3, address: str, contracts_ok: boo
         address=Web3.to_checksum_address(registry), abi=load_artifact("NodeRegistry").abi
     )
     try:
-        stake, payout, _meta, models, active = contract.functions.getNode(address).call()
+        node = contract.functions.getNode(address).call()
+        stake, payout, _meta, models, active = node[:5]
     except (OSError, Web3Exception, ValueError) as exc:
         return Check(
             "chain registration",

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fabstir_tui.commands.output import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail
@@ -22,6 +23,7 @@ from fabstir_tui.engine.store import StoreError
 _RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3}
 EXIT_INTERRUPTED = 130
 DEMO_PROMPT = "In two sentences, what does a GPU do when it runs a language model?"
+AfterStart = Callable[[Node], Awaitable[None]]
 
 
 def _stamp(ts: float) -> str:
@@ -71,19 +73,28 @@ async def _demo_prompt(node: Node, model_path: str, prompt: str, max_tokens: int
     )
 
 
-async def _bring_up(node: Node, demo_model: Path | None, max_tokens: int) -> None:
+async def _bring_up(
+    node: Node, demo_model: Path | None, max_tokens: int, after_start: AfterStart | None
+) -> None:
     await node.start()
+    if after_start is not None:  # the demo unlocks its key here
+        await after_start(node)
     if demo_model is not None:
         model = await node.load_model(demo_model)
         await _demo_prompt(node, model.path, DEMO_PROMPT, max_tokens)
 
 
 async def run_headless(
-    node: Node, demo_model: Path | None = None, once: bool = False, max_tokens: int = 64
+    node: Node,
+    demo_model: Path | None = None,
+    once: bool = False,
+    max_tokens: int = 64,
+    after_start: AfterStart | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT/SIGHUP, then stop: workers exit, the store closes cleanly.
 
     A signal during start-up, a model load or the demo prompt interrupts it at once.
+    `after_start` runs once the node has started (the demo unlocks its devnet key there).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -92,7 +103,7 @@ async def run_headless(
     printer = asyncio.create_task(_print_events(node))
     code = EXIT_OK
     try:
-        work = asyncio.create_task(_bring_up(node, demo_model, max_tokens))
+        work = asyncio.create_task(_bring_up(node, demo_model, max_tokens, after_start))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({work, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not work.done():

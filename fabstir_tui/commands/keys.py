@@ -307,7 +307,8 @@ def _write_config(path: Path, text: str) -> None:
     """Create the config file; O_EXCL makes 'never overwrite' hold even against a race."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # 0600: an RPC URL in it may carry a provider API key.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise _Exit(f"config file {path} already exists; edit it, or move it away") from None
     except OSError as exc:

@@ -16,6 +16,7 @@ from fabstir_tui.engine.chain.events import ChainStatus
 from fabstir_tui.engine.chain.ledger import LedgerEntry
 from fabstir_tui.engine.chain.service import ChainService
 from fabstir_tui.engine.chain.txtypes import TxOutcome
+from fabstir_tui.engine.datadir_lock import DataDirLock
 from fabstir_tui.engine.events import (
     EventBus,
     GpuSnapshot,
@@ -69,6 +70,7 @@ class Node:
         self.telemetry = TelemetryService(config.telemetry, self.bus, data_dir)
         self._registry: ModelRegistry | None = None
         self._chain: ChainService | None = None
+        self._lock: DataDirLock | None = None
         self._logs: deque[LogRecorded] = deque(maxlen=5000)
         self._audit: deque[OperatorActionRecorded] = deque(maxlen=1000)
         self._log_sub = self.bus.subscribe(LogRecorded, OperatorActionRecorded, maxsize=10_000)
@@ -102,6 +104,7 @@ class Node:
         self.bus.bind(asyncio.get_running_loop())
         self._log_task = asyncio.create_task(self._keep_logs(), name="node-logbook")
         data_dir = self.config.paths.data_dir
+        self._lock = await asyncio.to_thread(DataDirLock.acquire, data_dir)
         self.store = await asyncio.to_thread(Store, data_dir / "node.db")
         for ts, action, detail, outcome in self.store.recent_audit():
             self._audit.append(
@@ -144,6 +147,9 @@ class Node:
                 await self._log_task
         if self.store is not None:
             self.store.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _set_state(self, state: NodeState, detail: str = "") -> None:
         self.state = state
@@ -237,6 +243,8 @@ class Node:
 
     async def unlock_wallet(self, passphrase: str) -> None:
         """Unlock the node key so transactions can be signed; the audit names only the address."""
+        if self._chain is None:
+            raise RuntimeError("the node has not started its chain side (yet)")
         try:
             await self.chain.unlock(passphrase)
         except Exception as exc:
@@ -244,12 +252,20 @@ class Node:
             raise
         self.record_action("unlock wallet", self.chain.address, "unlocked")
 
+    def chain_status(self) -> ChainStatus | None:
+        """The newest chain status, or None before the chain side exists."""
+        return self._chain.status if self._chain is not None else None
+
     def chain_refusal(self) -> str | None:
         """Why no transaction can be signed now (read-only, no chain, locked key), or None."""
-        return self.chain.refusal()
+        if self._chain is None:
+            return "the node has not started its chain side (yet): wait for it to run"
+        return self._chain.refusal()
 
     async def prepare_chain_action(self, action: ChainAction) -> PreparedTx:
         """Preview an on-chain action for the confirm dialog; a refusal is audited."""
+        if self._chain is None:
+            raise RuntimeError("the node has not started its chain side (yet)")
         try:
             return await self.chain.prepare(action)
         except Exception as exc:

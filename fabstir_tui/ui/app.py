@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -79,12 +79,14 @@ class FabstirApp(App[int]):
         *,
         start_node: bool = True,
         demo_model: str | None = None,
+        after_start: Callable[[Node], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.node = node
         self.config = config
         self._start_node = start_node
         self._demo_model = demo_model
+        self._after_start = after_start  # the demo: replay devnet set-up, unlock its key
         self.in_flight: dict[str, str] = {}  # request id -> model name, kept by the playground
         self._announced: deque[ModelLoadFailed | ModelWorkerDied] = deque(maxlen=64)
         self._notified: deque[tuple[str, str]] = deque(maxlen=32)
@@ -173,6 +175,8 @@ class FabstirApp(App[int]):
                     markup=False,
                 )
                 return
+        if self._after_start is not None:
+            await self._after_start(self.node)
         if self._demo_model is not None:
             await self.open_playground(self._demo_model)
 

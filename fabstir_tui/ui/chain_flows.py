@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fabstir_tui.engine.chain.actions import ChainAction, describe
+from fabstir_tui.engine.chain.actions import ETH, ChainAction, describe
 from fabstir_tui.engine.chain.events import ChainStatus
 from fabstir_tui.ui.format import short_hex, token_amount
 from fabstir_tui.ui.screens.confirm_tx import ConfirmTxScreen
@@ -33,7 +33,9 @@ async def run_chain_actions(app: FabstirApp, actions: list[ChainAction]) -> bool
             prepared = await node.prepare_chain_action(action)
         except Exception as exc:
             return _fail(app, f"Cannot {describe(action)}", str(exc))
-        signed = await app.push_screen_wait(ConfirmTxScreen(prepared.label, prepared.preview))
+        signed = await app.push_screen_wait(
+            ConfirmTxScreen(prepared.label, prepared.preview, prepared.notes)
+        )
         if not signed:
             node.record_action(prepared.label, prepared.preview.description, "cancelled")
             app.notify("Nothing was signed.", title="Cancelled", markup=False)
@@ -62,11 +64,16 @@ async def open_registration(app: FabstirApp, status: ChainStatus | None) -> None
         app.node.record_action("register", "form not opened", f"refused: {refusal}")
         _fail(app, "Cannot register", refusal)
         return
-    status = status or app.node.chain.status
-    unit = PriceUnit("ETH", 18)
+    status = status or app.node.chain_status()
+    if status is None:
+        _fail(app, "Cannot register", "the chain side has not started yet")
+        return
+    # Prices are in one token: the registered one, else the configured payment token.
+    priced_in = status.price_token if status.registered else status.payment_token
+    unit = PriceUnit(ETH, "ETH", 18)
     for balance in status.balances:
-        if balance.token.lower() == app.config.chain.payment_token.lower():
-            unit = PriceUnit(balance.symbol, balance.decimals)
+        if priced_in and balance.token.lower() == priced_in.lower():
+            unit = PriceUnit(balance.token, balance.symbol, balance.decimals)
     snapshot = app.node.snapshot()
     gpus = [d.name for d in snapshot.gpu.devices] if snapshot.gpu and snapshot.gpu.available else []
     form = RegisterScreen(status, list(snapshot.models), unit, gpus)
@@ -77,14 +84,17 @@ async def open_registration(app: FabstirApp, status: ChainStatus | None) -> None
 
 async def ask_passphrase(app: FabstirApp) -> None:
     """Prompt for the key's passphrase and unlock it, with the engine's progress on screen."""
-    chain = app.node.chain
-    if chain.wallet_state == "unlocked":
+    status = app.node.chain_status()
+    if status is None or not status.enabled:
+        _fail(app, "No chain", "no chain is configured (chain.rpc_urls), or it has not started")
+        return
+    if status.wallet == "unlocked":
         app.notify("The key is already unlocked.", markup=False)
         return
-    if not chain.address:
-        _fail(app, "No key", chain.status.wallet_detail or "no keystore")
+    if not status.address:
+        _fail(app, "No key", status.wallet_detail or "no keystore")
         return
-    passphrase = await app.push_screen_wait(PassphraseScreen(chain.address, str(chain.keystore)))
+    passphrase = await app.push_screen_wait(PassphraseScreen(status.address, status.keystore))
     if not passphrase:
         return
     app.notify("Decrypting the keystore (a few seconds)…", title="Unlocking", markup=False)
@@ -93,4 +103,4 @@ async def ask_passphrase(app: FabstirApp) -> None:
     except Exception as exc:
         _fail(app, "Not unlocked", str(exc))
         return
-    app.notify(f"key {chain.address} unlocked", title="Unlocked", markup=False)
+    app.notify(f"key {status.address} unlocked", title="Unlocked", markup=False)

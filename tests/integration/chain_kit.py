@@ -120,9 +120,10 @@ def deploy_suite(w3: Web3) -> Suite:
     return Suite(w3, token, models, nodes, earnings, owner, host, payout, market, other)
 
 
-def register(suite: Suite, stake: int = MIN_STAKE) -> TxReceipt:
-    """Register suite.host serving model A at 2,000 per million tokens, paid to suite.payout."""
-    call = suite.nodes.functions.register([MODEL_A], [2_000], suite.payout, "{}")
+def register(suite: Suite, stake: int = MIN_STAKE, price_token: str = ETH) -> TxReceipt:
+    """Register suite.host serving model A at 2,000 per million tokens of `price_token` (ETH
+    by default), paid to suite.payout."""
+    call = suite.nodes.functions.register([MODEL_A], [2_000], price_token, suite.payout, "{}")
     return send(suite.w3, call, suite.host, value=stake)
 
 

@@ -7,7 +7,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
@@ -165,20 +165,18 @@ class TcpRelay:
             await self._server.wait_closed()
 
 
-class RangeCappingRpc:
-    """A real HTTP JSON-RPC relay to anvil that refuses eth_getLogs over `max_blocks` blocks
-    with the error a capped provider sends (a test double for Alchemy-style range limits)."""
+class JsonRpcRelay:
+    """A real HTTP JSON-RPC relay to anvil (a test double for a provider or a load balancer in
+    front of a node): subclasses override `intercept` to answer a request themselves, before
+    or after forwarding it; by default every request is forwarded unchanged."""
 
-    def __init__(self, target_url: str, max_blocks: int) -> None:
+    def __init__(self, target_url: str) -> None:
         self.target_url = target_url
-        self.max_blocks = max_blocks
-        self.refused = 0
-        self.served_ranges: list[int] = []
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
 
-    async def start(self) -> RangeCappingRpc:
+    async def start(self) -> Self:
         app = web.Application()
         app.router.add_post("/", self._handle)
         self._runner = web.AppRunner(app)
@@ -191,26 +189,121 @@ class RangeCappingRpc:
         self._session = aiohttp.ClientSession()
         return self
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.json()
-        if body.get("method") == "eth_getLogs":
-            params = body["params"][0]
-            if "fromBlock" in params:
-                span = int(params["toBlock"], 16) - int(params["fromBlock"], 16) + 1
-                if span > self.max_blocks:
-                    self.refused += 1
-                    error = {
-                        "code": -32600,
-                        "message": f"eth_getLogs block range too large, max {self.max_blocks}",
-                    }
-                    return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": error})
-                self.served_ranges.append(span)
+    async def forward(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send the request on to anvil and return its answer."""
         assert self._session is not None
         async with self._session.post(self.target_url, json=body) as upstream:
-            return web.Response(body=await upstream.read(), content_type="application/json")
+            answer: dict[str, Any] = await upstream.json(content_type=None)
+            return answer
+
+    async def intercept(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """An answer of the relay's own, or None to forward the request unchanged."""
+        return None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        answer = await self.intercept(body)
+        if answer is None:
+            answer = await self.forward(body)
+        return web.json_response(answer)
+
+    @staticmethod
+    def error(body: dict[str, Any], code: int, message: str) -> dict[str, Any]:
+        return {"jsonrpc": "2.0", "id": body["id"], "error": {"code": code, "message": message}}
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+class RangeCappingRpc(JsonRpcRelay):
+    """A real HTTP JSON-RPC relay to anvil that refuses eth_getLogs over `max_blocks` blocks
+    with the error a capped provider sends (a test double for Alchemy-style range limits)."""
+
+    def __init__(self, target_url: str, max_blocks: int) -> None:
+        super().__init__(target_url)
+        self.max_blocks = max_blocks
+        self.refused = 0
+        self.served_ranges: list[int] = []
+
+    async def intercept(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        if body.get("method") == "eth_getLogs":
+            params = body["params"][0]
+            if "fromBlock" in params:
+                span = int(params["toBlock"], 16) - int(params["fromBlock"], 16) + 1
+                if span > self.max_blocks:
+                    self.refused += 1
+                    message = f"eth_getLogs block range too large, max {self.max_blocks}"
+                    return self.error(body, -32600, message)
+                self.served_ranges.append(span)
+        return None
+
+
+class LaggingLogsRpc(JsonRpcRelay):
+    """Test double for a load balancer with a backend behind the head: the first `lies`
+    eth_getLogs over a block range whose real answer holds logs are answered with [] (the
+    by-hash queries and everything else pass through). `saturate_blooms` makes every header's
+    logsBloom all ones, like a busy mainnet block where the bloom matches nearly anything."""
+
+    def __init__(self, target_url: str, lies: int = 1, saturate_blooms: bool = False) -> None:
+        super().__init__(target_url)
+        self.lies = lies
+        self.saturate_blooms = saturate_blooms
+        self.lied = 0
+        self.range_queries = 0
+        self.hash_queries = 0
+
+    async def intercept(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        method = body.get("method")
+        if method == "eth_getLogs":
+            params = body["params"][0]
+            if "blockHash" in params:
+                self.hash_queries += 1
+                return None
+            self.range_queries += 1
+            answer = await self.forward(body)
+            if answer.get("result") and self.lied < self.lies:
+                self.lied += 1
+                return {**answer, "result": []}
+            return answer
+        if method == "eth_getBlockByNumber" and self.saturate_blooms:
+            answer = await self.forward(body)
+            if isinstance(answer.get("result"), dict):
+                answer["result"]["logsBloom"] = "0x" + "ff" * 256
+            return answer
+        return None
+
+
+class AmbiguousSendRpc(JsonRpcRelay):
+    """Test double for a load balancer that answers the first `times` eth_sendRawTransaction
+    with a JSON-RPC error that is not a refusal (-32603 "internal error" by default): after
+    handing the transaction to anvil (`forward`) or after losing it on the way."""
+
+    def __init__(
+        self,
+        target_url: str,
+        *,
+        forward: bool,
+        times: int = 1,
+        code: int = -32603,
+        message: str = "internal error",
+    ) -> None:
+        super().__init__(target_url)
+        self.forward_first = forward
+        self.times = times
+        self.code = code
+        self.message = message
+        self.sends = 0
+        self.answered: list[dict[str, Any]] = []  # what anvil said to the forwarded ones
+
+    async def intercept(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        if body.get("method") != "eth_sendRawTransaction":
+            return None
+        self.sends += 1
+        if self.sends > self.times:
+            return None
+        if self.forward_first:
+            self.answered.append(await self.forward(body))
+        return self.error(body, self.code, self.message)

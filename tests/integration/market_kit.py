@@ -19,6 +19,7 @@ FEE_BPS = 250
 WINDOW = 3600
 BOND = 10**16  # 0.01 ETH
 SLASH_BPS = 1000
+ARBITRATION = 7200  # seconds the arbiter has after a challenge
 PRICE = 2_345_678  # the host's price per million tokens for model A
 ESCROW = 10_000
 MAX_TOKENS = 5_000
@@ -73,6 +74,7 @@ def deploy_market(chain: Anvil) -> Market:
         dispute_window_s=WINDOW,
         challenge_bond_wei=BOND,
         slash_bps=SLASH_BPS,
+        arbitration_window_s=ARBITRATION,
         treasury=treasury,
     )
     d = deploy_suite(w3, owner, params)
@@ -95,10 +97,15 @@ def deploy_market(chain: Anvil) -> Market:
 
 
 def register_host(
-    m: Market, host: str | None = None, price: int = PRICE, stake: int = MIN_STAKE
+    m: Market,
+    host: str | None = None,
+    price: int = PRICE,
+    stake: int = MIN_STAKE,
+    price_token: str = ETH,
 ) -> None:
-    """Register a host (m.host by default) serving model A at `price`, paid to m.payout."""
-    call = m.nodes.functions.register([MODEL_A], [price], m.payout, "{}")
+    """Register a host (m.host by default) serving model A at `price` per million tokens of
+    `price_token` (ETH by default), paid to m.payout."""
+    call = m.nodes.functions.register([MODEL_A], [price], price_token, m.payout, "{}")
     send(m.w3, call, host or m.host, value=stake)
 
 
@@ -155,8 +162,8 @@ def post(
 
 
 def claimed(m: Market, token: str = ETH, escrow: int = ESCROW, **kw: Any) -> int:
-    """A job posted and claimed by m.host (registered here)."""
-    register_host(m)
+    """A job posted and claimed by m.host (registered here, priced in `token`)."""
+    register_host(m, price_token=token)
     job_id, _ = post(m, token, escrow, **kw)
     send(m.w3, m.jobs.functions.claimJob(job_id), m.host)
     return job_id

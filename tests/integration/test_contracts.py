@@ -9,6 +9,7 @@ from chain_kit import (
     MODEL_C,
     REFUSES_ETH,
     Suite,
+    deploy,
     events,
     gas_cost,
     reentering_code,
@@ -174,12 +175,23 @@ def test_earnings_refusals(suite: Suite, devchain: Anvil) -> None:
     assert earnings.functions.balanceOf(host, ETH).call() == 100  # nothing lost
 
 
-def test_set_marketplace_emits_the_change(suite: Suite) -> None:
-    receipt = send(suite.w3, suite.earnings.functions.setMarketplace(suite.other), suite.owner)
-    assert events(suite.earnings, "MarketplaceSet", receipt) == [
-        {"previous": suite.market, "marketplace": suite.other}
-    ]
-    assert suite.earnings.functions.marketplace().call() == suite.other
+def test_the_owner_names_the_earnings_marketplace_once(suite: Suite) -> None:
+    # Re-pointing HostEarnings would strand every live job of the old marketplace (its credits
+    # would be refused), so the marketplace is named once, as in NodeRegistry.
+    w3, owner, market, other = suite.w3, suite.owner, suite.market, suite.other
+    fresh = deploy(w3, "HostEarnings", owner, suite.nodes.address)
+    assert fresh.functions.marketplace().call() == ETH
+    receipt = send(w3, fresh.functions.setMarketplace(market), owner)
+    assert events(fresh, "MarketplaceSet", receipt) == [{"previous": ETH, "marketplace": market}]
+    assert fresh.functions.marketplace().call() == market
+    with reverts(fresh, "MarketplaceAlreadySet", market):
+        send(w3, fresh.functions.setMarketplace(other), owner)
+    with reverts(fresh, "NotOwner", other):  # the owner check still comes first
+        send(w3, fresh.functions.setMarketplace(other), other)
+    # The suite's earnings, named by deploy_suite, refuse a second marketplace as well.
+    with reverts(suite.earnings, "MarketplaceAlreadySet", market):
+        send(w3, suite.earnings.functions.setMarketplace(other), owner)
+    assert suite.earnings.functions.marketplace().call() == market
 
 
 def test_the_revert_check_itself_fails_on_a_wrong_error_or_none(suite: Suite) -> None:

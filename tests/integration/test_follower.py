@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from follower_kit import Emitter, RangeCappingRpc, Recorder, TcpRelay, wait_until
+from follower_kit import (
+    Emitter,
+    LaggingLogsRpc,
+    RangeCappingRpc,
+    Recorder,
+    TcpRelay,
+    wait_until,
+)
 
 from fabstir_tui.config import ChainSection
 from fabstir_tui.engine.chain import Anvil
@@ -22,6 +29,7 @@ from fabstir_tui.engine.chain.events import (
     ChainReorged,
 )
 from fabstir_tui.engine.chain.follower import EventFollower
+from fabstir_tui.engine.chain.follower_guard import LogsWithheld
 from fabstir_tui.engine.chain.logs import DecodedLog, LogDecoder
 from fabstir_tui.engine.chain.rpc_pool import RpcPool
 from fabstir_tui.engine.events import EventBus, Subscription
@@ -237,6 +245,76 @@ async def test_range_cap_halves_the_chunk(chain: Anvil, store: Store, emitter: E
         await capped.close()
     assert len(recorder.calls) == 12
     assert capped.refused >= 1 and max(capped.served_ranges) <= 3
+
+
+@asynccontextmanager
+async def lagging(
+    chain: Anvil, store: Store, emitter: Emitter, recorder: Recorder, **relay: Any
+) -> AsyncIterator[tuple[EventFollower, LaggingLogsRpc]]:
+    """A follower (driven by sync_once) behind a LaggingLogsRpc relay double."""
+    lag = await LaggingLogsRpc(chain.http_url, **relay).start()
+    cfg = config([lag.url])
+    pool = RpcPool(cfg.rpc_urls, timeout_s=2.0, retries=1, backoff_s=0.05)
+    follower = EventFollower(pool, "", store, emitter.contracts, cfg, recorder.apply)
+    follower.logs_guard.backoff_s = 0.01
+    try:
+        yield follower, lag
+    finally:
+        await pool.close()
+        await lag.close()
+
+
+async def test_an_empty_get_logs_that_the_blooms_contradict_is_asked_again(
+    chain: Anvil, store: Store, emitter: Emitter
+) -> None:
+    await emitter.mint(3)
+    chain.mine(2)  # the range ends in blocks without our logs: the top of the range is checked
+    recorder = Recorder(store)
+    want = emitter.chain_logs()
+    async with lagging(chain, store, emitter, recorder, lies=1) as (follower, lag):
+        await follower.sync_once()
+        assert lag.lied == 1 and follower.logs_guard.repeats == 1
+        assert recorder.rows() == want and len(recorder.calls) == 3
+        assert follower.cursor.number == chain.block_number()
+        lag.lies += 1  # the next new block's logs are hidden once too (a one-block range)
+        await emitter.mint(1)
+        await follower.sync_once()
+        assert lag.lied == 2 and recorder.rows() == emitter.chain_logs()
+
+
+async def test_logs_left_out_every_time_keep_the_cursor_before_their_block(
+    chain: Anvil, store: Store, emitter: Emitter
+) -> None:
+    chain.mine(3)
+    start = chain.block_number()
+    await emitter.mint(2)
+    recorder = Recorder(store)
+    async with lagging(chain, store, emitter, recorder, lies=10**6) as (follower, lag):
+        follower.logs_guard.retries = 2
+        with pytest.raises(LogsWithheld, match="keeps leaving out the logs of block"):
+            await follower.sync_once()
+        assert lag.range_queries == 3 and follower.cursor.number < start
+        assert not recorder.calls
+        assert not store.query("SELECT 1 FROM chain_cursors WHERE block_number >= ?", (start,))
+        lag.lies = lag.lied  # the backend caught up
+        await follower.sync_once()
+        assert recorder.rows() == emitter.chain_logs() and len(recorder.calls) == 2
+
+
+async def test_bloom_false_positives_do_not_hold_the_follower_back(
+    chain: Anvil, store: Store, emitter: Emitter
+) -> None:
+    await emitter.mint(2)
+    chain.mine(5)
+    recorder = Recorder(store)
+    async with lagging(chain, store, emitter, recorder, lies=0, saturate_blooms=True) as (
+        follower,
+        lag,
+    ):
+        await follower.sync_once()
+        assert follower.cursor.number == chain.block_number()
+        assert recorder.rows() == emitter.chain_logs()
+        assert lag.hash_queries >= 5 and follower.logs_guard.repeats == 0
 
 
 async def test_failover_from_a_dead_url(chain: Anvil, store: Store, emitter: Emitter) -> None:

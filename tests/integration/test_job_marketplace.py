@@ -28,6 +28,7 @@ from chain_kit import (
 )
 from eth_utils import keccak
 from market_kit import (
+    ARBITRATION,
     BOND,
     CANCELLED,
     CHALLENGED,
@@ -79,6 +80,7 @@ def test_deploy_suite_wires_the_marketplace(market: Market) -> None:
     assert jobs.functions.disputeWindow().call() == WINDOW
     assert jobs.functions.challengeBond().call() == BOND
     assert jobs.functions.slashBps().call() == SLASH_BPS
+    assert jobs.functions.arbitrationWindow().call() == ARBITRATION
     assert market.earnings.functions.marketplace().call() == jobs.address
     assert market.nodes.functions.marketplace().call() == jobs.address
     assert market.nodes.functions.owner().call() == market.owner
@@ -89,7 +91,7 @@ def test_deploy_suite_wires_the_marketplace(market: Market) -> None:
 def test_constructor_refusals(market: Market) -> None:
     w3, owner, nodes, earnings = market.w3, market.owner, market.nodes, market.earnings
     jobs = market.jobs
-    good = [nodes.address, earnings.address, owner, owner, 250, 3600, BOND, 1000]
+    good = [nodes.address, earnings.address, owner, owner, 250, 3600, BOND, 1000, 7200]
     for index in range(4):
         args = list(good)
         args[index] = ETH
@@ -98,9 +100,13 @@ def test_constructor_refusals(market: Market) -> None:
     with reverts(jobs, "FeeTooHigh", 10_001):
         deploy(w3, "JobMarketplace", owner, *good[:4], 10_001, *good[5:])
     with reverts(jobs, "SlashTooHigh", 10_001):
-        deploy(w3, "JobMarketplace", owner, *good[:7], 10_001)
-    full = deploy(w3, "JobMarketplace", owner, *good[:4], 10_000, 0, 0, 10_000)  # edges allowed
+        deploy(w3, "JobMarketplace", owner, *good[:7], 10_001, good[8])
+    with reverts(jobs, "ZeroArbitrationWindow"):  # an arbiter with no time at all
+        deploy(w3, "JobMarketplace", owner, *good[:8], 0)
+    # Edges allowed: the whole charge as fee, no dispute window, no bond, the whole stake, 1 s.
+    full = deploy(w3, "JobMarketplace", owner, *good[:4], 10_000, 0, 0, 10_000, 1)
     assert full.functions.feeBps().call() == 10_000
+    assert full.functions.arbitrationWindow().call() == 1
 
 
 # ------------------------------------------------------------------------------------ posting
@@ -139,6 +145,7 @@ def test_post_job_takes_the_escrow_and_records_the_job(market: Market, kind: str
         "claimedAt": 0,
         "host": ETH,
         "submittedAt": 0,
+        "challengedAt": 0,
         "modelId": MODEL_A,
         "promptHash": PROMPT,
         "escrow": ESCROW,
@@ -150,6 +157,7 @@ def test_post_job_takes_the_escrow_and_records_the_job(market: Market, kind: str
         "receiptRoot": ZERO32,
     }
     assert jobs.functions.disputeEndsAt(1).call() == 0
+    assert jobs.functions.arbitrationEndsAt(1).call() == 0
     second, _ = post(market, token)
     assert second == 2
 
@@ -236,6 +244,33 @@ def test_claim_refusals(market: Market) -> None:
     at_time(market, job(market, late)["deadline"])
     with reverts(jobs, "DeadlinePassed", late, job(market, late)["deadline"]):
         send(w3, jobs.functions.claimJob(late), other)
+
+
+def test_a_host_claims_only_jobs_paid_in_its_price_token(market: Market) -> None:
+    # A price of 2,345,678 per million means 2.3 FUSD to a host that priced in FUSD but only
+    # 2.3e-12 ETH if it were paid in wei: a job in another token than the one the host's prices
+    # are in is refused, whichever way round.
+    w3, jobs, nodes, host, other = market.w3, market.jobs, market.nodes, market.host, market.other
+    erc20 = market.token.address
+    register_host(market)  # priced in ETH
+    register_host(market, host=other, price_token=erc20)  # priced in FUSD
+    eth_job, _ = post(market, ETH)
+    token_job, _ = post(market, erc20)
+    with reverts(jobs, "TokenNotPriced", host, erc20, ETH):
+        send(w3, jobs.functions.claimJob(token_job), host)
+    with reverts(jobs, "TokenNotPriced", other, ETH, erc20):
+        send(w3, jobs.functions.claimJob(eth_job), other)
+    send(w3, jobs.functions.claimJob(eth_job), host)
+    send(w3, jobs.functions.claimJob(token_job), other)
+    assert (job(market, eth_job)["host"], job(market, token_job)["host"]) == (host, other)
+    # A host that switches its price token takes work in the new token only.
+    send(w3, nodes.functions.setPriceToken(erc20), host)
+    later_eth, _ = post(market, ETH)
+    later_token, _ = post(market, erc20)
+    with reverts(jobs, "TokenNotPriced", host, ETH, erc20):
+        send(w3, jobs.functions.claimJob(later_eth), host)
+    send(w3, jobs.functions.claimJob(later_token), host)
+    assert job(market, eth_job)["token"] == ETH  # the job claimed before keeps its token
 
 
 def test_unclaim_gives_the_job_back_and_the_escrow_stays(market: Market) -> None:
@@ -475,7 +510,7 @@ def test_an_upheld_challenge_refunds_all_returns_the_bond_and_slashes_the_host(
     assert balance(market, token, jobs.address) == 0
     assert w3.eth.get_balance(jobs.address) == 0
     # Below the minimum stake the host takes no new work until it tops up.
-    fresh, _ = post(market)
+    fresh, _ = post(market, token)
     with reverts(jobs, "StakeBelowMinimum", host, MIN_STAKE - SLASHED, MIN_STAKE):
         send(w3, jobs.functions.claimJob(fresh), host)
     send(w3, nodes.functions.addStake(), host, value=SLASHED)
@@ -520,13 +555,106 @@ def test_a_rejected_challenge_pays_the_host_and_gives_it_the_bond(
     assert w3.eth.get_balance(market.earnings.address) == BOND + (HOST_GETS if token == ETH else 0)
 
 
+def challenged(market: Market, token: str = ETH) -> tuple[int, int]:
+    """A submitted job challenged by the client; returns its id and the challenge time."""
+    job_id = submitted(market, token)
+    stamp = now(market) + 5
+    send_at(market, market.jobs.functions.challengeJob(job_id), market.client, stamp, value=BOND)
+    return job_id, stamp
+
+
+def test_the_arbitration_window_runs_from_the_challenge(market: Market) -> None:
+    w3, jobs, chain, owner, other = market.w3, market.jobs, market.chain, market.owner, market.other
+    with reverts(jobs, "UnknownJob", 3):
+        send(w3, jobs.functions.settleUnresolved(3), other)
+    job_id, stamp = challenged(market)
+    end = stamp + ARBITRATION
+    assert job(market, job_id)["challengedAt"] == stamp
+    assert jobs.functions.arbitrationEndsAt(job_id).call() == end
+    at_time(market, end - 2)
+    snap = chain.snapshot()
+    send_at(market, jobs.functions.resolveChallenge(job_id, False), owner, end - 1)  # in time
+    chain.revert(snap)
+    at_time(market, end - 1)
+    with reverts(jobs, "ArbitrationWindowOpen", job_id, end):  # one second early: refused
+        send(w3, jobs.functions.settleUnresolved(job_id), other)
+    at_time(market, end)
+    with reverts(jobs, "ArbitrationWindowClosed", job_id, end):  # the verdict comes too late
+        send(w3, jobs.functions.resolveChallenge(job_id, True), owner)
+    receipt = send(w3, jobs.functions.settleUnresolved(job_id), other)  # anyone, from the end
+    assert events(jobs, "ChallengeExpired", receipt) == [
+        {"jobId": job_id, "client": market.client, "bondReturned": BOND}
+    ]
+    with reverts(jobs, "WrongJobStatus", job_id, RELEASED):
+        send(w3, jobs.functions.settleUnresolved(job_id), other)
+    # A job that was never challenged is not settled this way, whatever the time.
+    fresh, _ = post(market)
+    send(w3, jobs.functions.claimJob(fresh), market.host)
+    send(w3, jobs.functions.submitResult(fresh, 1, OUTPUT, RECEIPTS), market.host)
+    at_time(market, now(market) + WINDOW + ARBITRATION)
+    with reverts(jobs, "WrongJobStatus", fresh, SUBMITTED):
+        send(w3, jobs.functions.settleUnresolved(fresh), other)
+    assert jobs.functions.arbitrationEndsAt(fresh).call() == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_unresolved_challenge_pays_the_host_and_gives_the_client_its_bond_back(
+    market: Market, kind: str
+) -> None:
+    w3, jobs, nodes, client, host = market.w3, market.jobs, market.nodes, market.client, market.host
+    token = market.coin(kind)
+    job_id, stamp = challenged(market, token)
+    with reverts(nodes, "OpenWork", host, 1):  # while the arbiter may still speak
+        send(w3, nodes.functions.unregister(), host)
+    receipt = send_at(
+        market, jobs.functions.settleUnresolved(job_id), market.other, stamp + ARBITRATION
+    )
+    assert events(jobs, "ChallengeExpired", receipt) == [
+        {"jobId": job_id, "client": client, "bondReturned": BOND}
+    ]
+    assert events(jobs, "PaymentReleased", receipt) == [
+        {
+            "jobId": job_id,
+            "host": host,
+            "token": token,
+            "charge": CHARGE,
+            "fee": FEE,
+            "hostAmount": HOST_GETS,
+            "refund": REFUND,
+        }
+    ]
+    assert events(jobs, "ChallengeResolved", receipt) == []
+    assert events(nodes, "Slashed", receipt) == []
+    assert events(nodes, "WorkClosed", receipt) == [{"host": host, "openWork": 0}]
+    assert job(market, job_id)["status"] == RELEASED
+    # Paid as on release, but no bond for the host and no slash: the silence punishes nobody.
+    assert nodes.functions.stakeOf(host).call() == MIN_STAKE
+    assert earned(market, token) == HOST_GETS
+    if token != ETH:
+        assert earned(market, ETH) == 0
+        assert claimable(market, client, token) == REFUND
+    assert claimable(market, client, ETH) == BOND + (REFUND if token == ETH else 0)
+    assert claimable(market, market.treasury, token) == FEE
+    assert balance(market, token, jobs.address) == FEE + REFUND + (BOND if token == ETH else 0)
+    assert w3.eth.get_balance(jobs.address) == BOND + (FEE + REFUND if token == ETH else 0)
+    # Nothing is stuck: the client takes its bond back and the host may leave with its stake.
+    before = w3.eth.get_balance(client)
+    receipt = send(w3, jobs.functions.withdraw(ETH), client)
+    owed = BOND + (REFUND if token == ETH else 0)
+    assert w3.eth.get_balance(client) == before + owed - gas_cost(receipt)
+    receipt = send(w3, nodes.functions.unregister(), host)
+    assert events(nodes, "NodeUnregistered", receipt) == [
+        {"host": host, "stakeReturned": MIN_STAKE}
+    ]
+
+
 # ------------------------------------------------------------------------ cancel and expire
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_cancel_refunds_an_open_job(market: Market, kind: str) -> None:
     w3, jobs, client, token = market.w3, market.jobs, market.client, market.coin(kind)
-    register_host(market)
+    register_host(market, price_token=token)
     job_id, _ = post(market, token)
     with reverts(jobs, "NotJobClient", job_id, market.host):
         send(w3, jobs.functions.cancelJob(job_id), market.host)

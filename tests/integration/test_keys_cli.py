@@ -190,6 +190,7 @@ def test_init_writes_config_and_keystore_once(home: Path, pass_file: Path) -> No
     assert any("fabstir-tui devnet" in step for step in doc["next_steps"])
     assert doc["address"] in res.stderr and "fabstir-tui devnet" in res.stderr
     text = config_file.read_text()
+    assert stat.S_IMODE(config_file.stat().st_mode) == 0o600  # may hold a provider API key
     assert text.startswith("# ") and "[chain]" in text
 
     shown = run(home, "config", "show", "--json")

@@ -1,6 +1,9 @@
-"""NodeRegistry on a real anvil: stake in and out to the wei, models, prices, every refusal."""
+"""NodeRegistry on a real anvil: stake in and out to the wei, models, prices and the one token
+they are in, every refusal."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from chain_kit import (
     MIN_STAKE,
@@ -28,7 +31,8 @@ def test_register_takes_the_stake_and_records_models_and_prices(suite: Suite) ->
     w3, nodes, host, payout = suite.w3, suite.nodes, suite.host, suite.payout
     stake = MIN_STAKE + 12_345
     before = w3.eth.get_balance(host)
-    call = nodes.functions.register([MODEL_A, MODEL_B], [2_000, 150_000], payout, META)
+    fusd = suite.token.address
+    call = nodes.functions.register([MODEL_A, MODEL_B], [2_000, 150_000], fusd, payout, META)
     receipt = send(w3, call, host, value=stake)
     assert w3.eth.get_balance(host) == before - stake - gas_cost(receipt)
     assert w3.eth.get_balance(nodes.address) == stake
@@ -40,8 +44,17 @@ def test_register_takes_the_stake_and_records_models_and_prices(suite: Suite) ->
         {"host": host, "modelId": MODEL_B, "pricePerMillion": 150_000},
     ]
     assert events(nodes, "ModelsUpdated", receipt) == [{"host": host, "models": [MODEL_A, MODEL_B]}]
+    assert events(nodes, "PriceTokenSet", receipt) == [{"host": host, "priceToken": fusd}]
     assert nodes.functions.isRegistered(host).call()
-    assert nodes.functions.getNode(host).call() == [stake, payout, META, [MODEL_A, MODEL_B], True]
+    assert nodes.functions.getNode(host).call() == [
+        stake,
+        payout,
+        META,
+        [MODEL_A, MODEL_B],
+        True,
+        fusd,
+    ]
+    assert nodes.functions.priceTokenOf(host).call() == fusd
     assert nodes.functions.priceOf(host, MODEL_B).call() == 150_000
     assert nodes.functions.serves(host, MODEL_A).call()
     assert not nodes.functions.serves(host, MODEL_C).call()
@@ -51,24 +64,27 @@ def test_register_takes_the_stake_and_records_models_and_prices(suite: Suite) ->
 
 def test_register_refusals(suite: Suite) -> None:
     w3, nodes, host, payout = suite.w3, suite.nodes, suite.host, suite.payout
-    reg = nodes.functions.register
+
+    def reg(models: list[bytes], prices: list[int], to: str = payout) -> Any:
+        return nodes.functions.register(models, prices, ZERO, to, "")
+
     with reverts(nodes, "StakeTooLow", MIN_STAKE - 1, MIN_STAKE):
-        send(w3, reg([MODEL_A], [1], payout, ""), host, value=MIN_STAKE - 1)
+        send(w3, reg([MODEL_A], [1]), host, value=MIN_STAKE - 1)
     with reverts(nodes, "ZeroPayout"):
-        send(w3, reg([MODEL_A], [1], ZERO, ""), host, value=MIN_STAKE)
+        send(w3, reg([MODEL_A], [1], ZERO), host, value=MIN_STAKE)
     with reverts(nodes, "NoModels"):
-        send(w3, reg([], [], payout, ""), host, value=MIN_STAKE)
+        send(w3, reg([], []), host, value=MIN_STAKE)
     with reverts(nodes, "LengthMismatch", 2, 1):
-        send(w3, reg([MODEL_A, MODEL_B], [1], payout, ""), host, value=MIN_STAKE)
+        send(w3, reg([MODEL_A, MODEL_B], [1]), host, value=MIN_STAKE)
     with reverts(nodes, "ModelNotApproved", MODEL_C):
-        send(w3, reg([MODEL_A, MODEL_C], [1, 1], payout, ""), host, value=MIN_STAKE)
+        send(w3, reg([MODEL_A, MODEL_C], [1, 1]), host, value=MIN_STAKE)
     with reverts(nodes, "ZeroPrice", MODEL_B):
-        send(w3, reg([MODEL_A, MODEL_B], [1, 0], payout, ""), host, value=MIN_STAKE)
+        send(w3, reg([MODEL_A, MODEL_B], [1, 0]), host, value=MIN_STAKE)
     with reverts(nodes, "DuplicateModel", MODEL_A):
-        send(w3, reg([MODEL_A, MODEL_A], [1, 2], payout, ""), host, value=MIN_STAKE)
+        send(w3, reg([MODEL_A, MODEL_A], [1, 2]), host, value=MIN_STAKE)
     register(suite)
     with reverts(nodes, "AlreadyRegistered", host):
-        send(w3, reg([MODEL_B], [1], payout, ""), host, value=MIN_STAKE)
+        send(w3, reg([MODEL_B], [1]), host, value=MIN_STAKE)
 
 
 def test_updates_replace_models_prices_payout_metadata_and_add_stake(suite: Suite) -> None:
@@ -90,7 +106,20 @@ def test_updates_replace_models_prices_payout_metadata_and_add_stake(suite: Suit
     assert events(nodes, "StakeAdded", receipt) == [
         {"host": host, "amount": 5, "total": MIN_STAKE + 5}
     ]
-    assert nodes.functions.getNode(host).call() == [MIN_STAKE + 5, other, META, [MODEL_B], True]
+    assert nodes.functions.priceTokenOf(host).call() == ZERO  # register's default: ETH
+    fusd = suite.token.address
+    receipt = send(w3, nodes.functions.setPriceToken(fusd), host)
+    assert events(nodes, "PriceTokenSet", receipt) == [{"host": host, "priceToken": fusd}]
+    assert nodes.functions.priceTokenOf(host).call() == fusd
+    assert nodes.functions.priceOf(host, MODEL_B).call() == 8_000  # prices are left as they are
+    assert nodes.functions.getNode(host).call() == [
+        MIN_STAKE + 5,
+        other,
+        META,
+        [MODEL_B],
+        True,
+        fusd,
+    ]
     assert w3.eth.get_balance(nodes.address) == MIN_STAKE + 5
 
 
@@ -101,6 +130,7 @@ def test_update_refusals(suite: Suite) -> None:
         (nodes.functions.setPrice(MODEL_A, 1), 0),
         (nodes.functions.setPayout(other), 0),
         (nodes.functions.setMetadata("x"), 0),
+        (nodes.functions.setPriceToken(suite.token.address), 0),
         (nodes.functions.addStake(), 1),
         (nodes.functions.unregister(), 0),
     ]:
@@ -123,7 +153,7 @@ def test_update_refusals(suite: Suite) -> None:
 
 def test_unregister_returns_the_whole_stake_to_the_wei(suite: Suite) -> None:
     w3, nodes, host, payout = suite.w3, suite.nodes, suite.host, suite.payout
-    register(suite, stake=MIN_STAKE + 1)
+    register(suite, stake=MIN_STAKE + 1, price_token=suite.token.address)
     send(w3, nodes.functions.addStake(), host, value=2)
     before = w3.eth.get_balance(host)
     receipt = send(w3, nodes.functions.unregister(), host)
@@ -133,7 +163,8 @@ def test_unregister_returns_the_whole_stake_to_the_wei(suite: Suite) -> None:
     assert w3.eth.get_balance(host) == before + MIN_STAKE + 3 - gas_cost(receipt)
     assert w3.eth.get_balance(nodes.address) == 0
     assert not nodes.functions.isRegistered(host).call()
-    assert nodes.functions.getNode(host).call() == [0, ZERO, "", [], False]
+    assert nodes.functions.getNode(host).call() == [0, ZERO, "", [], False, ZERO]
+    assert nodes.functions.priceTokenOf(host).call() == ZERO
     assert nodes.functions.priceOf(host, MODEL_A).call() == 0
     assert nodes.functions.payoutOf(host).call() == payout  # earnings still find the payout
     register(suite)  # and the host may come back

@@ -1,5 +1,6 @@
 """NodeRegistry's marketplace hooks on a real anvil: the owner names the marketplace once;
-only it marks open work (which blocks unregistering) and slashes stake (sent to it)."""
+only it marks open work (claimed jobs, which block unregistering) and slashes stake (sent to
+it)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import pytest
 from eth_abi.abi import encode
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from follower_kit import AmbiguousSendRpc
 from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
 
 from fabstir_tui.config import ChainSection
@@ -45,6 +46,7 @@ MIN_STAKE = 10**17
 MODEL = hashlib.sha256(b"tx sender test model").digest()
 PAYOUT = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"  # anvil account 3
 SINK = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"  # anvil account 4
+PRICE_IN_ETH = "0x" + "0" * 40  # register's priceToken: address(0) = ETH
 ORACLE_FEE = 123_456_789_000  # what the stand-in GasPriceOracle charges for any transaction
 
 Account.enable_unaudited_hdwallet_features()
@@ -98,14 +100,17 @@ class Chain:
         index: int = 1,
         bus: EventBus | None = None,
         retries: bool = True,
+        url: str | None = None,
         **chain: Any,
     ) -> TxSender:
-        """A fresh sender (its own web3 client) on this chain; `chain` overrides ChainSection."""
-        provider = AsyncHTTPProvider(self.anvil.http_url)
+        """A fresh sender (its own web3 client) on this chain, or through a relay at `url`;
+        `chain` overrides ChainSection."""
+        url = url or self.anvil.http_url
+        provider = AsyncHTTPProvider(url)
         if not retries:
-            provider = AsyncHTTPProvider(self.anvil.http_url, exception_retry_configuration=None)
+            provider = AsyncHTTPProvider(url, exception_retry_configuration=None)
         w3 = AsyncWeb3(provider)
-        settings = ChainSection(chain_id=31337, rpc_urls=[self.anvil.http_url], **chain)
+        settings = ChainSection(chain_id=31337, rpc_urls=[url], **chain)
         return TxSender(w3, anvil_key(index), store, settings, bus)
 
     def nodes(self, sender: TxSender) -> Any:
@@ -397,13 +402,14 @@ async def test_preview_names_the_contract_and_decodes_the_arguments(
     chain: Chain, store: Store
 ) -> None:
     sender = chain.sender(store)  # no addresses configured: the name comes from the ABI
-    call = chain.nodes(sender).functions.register([MODEL], [2_000], PAYOUT, "{}")
+    call = chain.nodes(sender).functions.register([MODEL], [2_000], PRICE_IN_ETH, PAYOUT, "{}")
     preview = await sender.preview(call, value=MIN_STAKE)
     assert (preview.contract, preview.function) == ("NodeRegistry", "register")
     assert preview.address == chain.deployment.node_registry
     assert [(a.name, a.type, a.display) for a in preview.args] == [
         ("models", "bytes32[]", f"[0x{MODEL.hex()}]"),
         ("pricesPerMillion", "uint256[]", "[2000]"),
+        ("priceToken", "address", PRICE_IN_ETH),
         ("payout", "address", PAYOUT),
         ("metadata", "string", '"{}"'),
     ]
@@ -413,7 +419,7 @@ async def test_preview_names_the_contract_and_decodes_the_arguments(
 
 async def test_a_custom_error_is_decoded_with_its_arguments(chain: Chain, store: Store) -> None:
     sender = chain.sender(store, node_registry=chain.deployment.node_registry)
-    call = chain.nodes(sender).functions.register([], [], PAYOUT, "")
+    call = chain.nodes(sender).functions.register([], [], PRICE_IN_ETH, PAYOUT, "")
     with pytest.raises(TxRevertedError) as reverted:
         await sender.preview(call, value=5)
     assert reverted.value.reason == f"NodeRegistry.StakeTooLow(sent=5, minimum={MIN_STAKE})"
@@ -439,7 +445,7 @@ async def test_a_mined_failure_is_replayed_for_its_reason(chain: Chain, store: S
     bus = EventBus()
     sub = bus.subscribe(TxSettled)
     sender = chain.sender(store, bus=bus)
-    call = chain.nodes(sender).functions.register([], [], PAYOUT, "")
+    call = chain.nodes(sender).functions.register([], [], PRICE_IN_ETH, PAYOUT, "")
     outcome = await sender.transact(call, value=5, gas=200_000, label="register")
     assert outcome.status == "failed" and outcome.block_number is not None
     assert outcome.error == f"NodeRegistry.StakeTooLow(sent=5, minimum={MIN_STAKE})"
@@ -536,3 +542,75 @@ async def test_a_broadcast_cut_off_mid_way_stays_pending_and_is_rebroadcast(
     assert outcome.status == "mined" and len(attempts) == 2
     after = await sender.transact(SEND_ETH, value=1)
     assert after.nonce == outcome.nonce + 1  # the uncertain nonce was kept, not reused
+
+
+# --- answers that are not refusals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [(-32603, "internal error"), (-32005, "limit exceeded"), (-32000, "request timed out")],
+)
+async def test_an_ambiguous_error_after_the_node_took_it_stays_pending_and_is_mined(
+    chain: Chain, store: Store, code: int, message: str
+) -> None:
+    relay = await AmbiguousSendRpc(
+        chain.anvil.http_url, forward=True, code=code, message=message
+    ).start()
+    try:
+        sender = chain.sender(store, url=relay.url, retries=False)
+        await sender.start()
+        nonce = sender.nonces.next
+        assert nonce is not None
+        with pytest.raises(TxBroadcastUncertain, match="may not have reached") as unsure:
+            await sender.send(SEND_ETH, value=3, label="load balanced")
+        assert relay.answered and "result" in relay.answered[0]  # anvil did take it
+        row = journaled(sender, unsure.value.tx_hash)
+        assert row.status == "pending" and "broadcast uncertain" in (row.error or "")
+        assert message in (row.error or "")
+        assert sender.nonces.next == nonce + 1  # kept, not given back
+        outcome = await sender.wait(unsure.value.tx_hash)
+        assert outcome.status == "mined" and outcome.nonce == nonce
+        after = await sender.transact(SEND_ETH, value=1)
+        assert after.status == "mined" and after.nonce == nonce + 1
+    finally:
+        await relay.close()
+
+
+async def test_an_ambiguous_error_that_lost_the_transaction_is_rebroadcast_and_mined(
+    chain: Chain, store: Store
+) -> None:
+    relay = await AmbiguousSendRpc(chain.anvil.http_url, forward=False).start()
+    try:
+        sender = chain.sender(store, url=relay.url, retries=False)
+        await sender.start()
+        nonce = sender.nonces.next
+        assert nonce is not None
+        with pytest.raises(TxBroadcastUncertain) as unsure:
+            await sender.send(SEND_ETH, value=5, label="lost by the balancer")
+        tx_hash = unsure.value.tx_hash
+        assert chain.tx(tx_hash) is None  # anvil never saw it
+        assert journaled(sender, tx_hash).status == "pending"
+        assert sender.nonces.next == nonce + 1
+        outcome = await sender.wait(tx_hash)  # looks for it, rebroadcasts it
+        assert outcome.status == "mined" and outcome.nonce == nonce
+        assert relay.sends == 2
+    finally:
+        await relay.close()
+
+
+async def test_a_certain_refusal_through_a_relay_is_dropped_and_its_nonce_reused(
+    chain: Chain, store: Store
+) -> None:
+    relay = await AmbiguousSendRpc(chain.anvil.http_url, forward=True, times=0).start()
+    try:
+        sender = chain.sender(store, url=relay.url, retries=False)
+        await sender.start()
+        with pytest.raises(TxRejectedError, match="(?i)insufficient funds") as refused:
+            await sender.send(SEND_ETH, value=10**30, gas=21_000, label="overpay")
+        row = journaled(sender, refused.value.tx_hash)
+        assert row.status == "dropped"
+        ok = await sender.transact(SEND_ETH, value=1)
+        assert ok.status == "mined" and ok.nonce == row.nonce
+    finally:
+        await relay.close()

@@ -157,6 +157,9 @@ async def test_register_get_paid_and_withdraw_through_the_confirm_dialog(
                 "HostEarnings",
                 "withdraw",
             )
+            notes = {n.label: n for n in confirm.notes}  # what the arguments do not show
+            assert (notes["amount"].amount, notes["amount"].symbol) == (301, "FUSD")
+            assert notes["pays to"].text == devnet.host  # the payout defaulted to our key
             await pilot.press("y")
             await wait_for(
                 pilot,

@@ -15,12 +15,18 @@ class ReadOnlyError(RuntimeError):
     """The node runs read-only; no transaction is prepared or signed."""
 
 
+class ChainUnavailableError(RuntimeError):
+    """An action needs something the chain side does not have yet (RPC, contract, key)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Register:
-    """Register with a stake, models and prices (per million tokens), payout and metadata."""
+    """Register with a stake, models and prices (per million tokens of `price_token`, the one
+    token this host is paid in), payout and metadata."""
 
     stake_wei: int
     models: tuple[tuple[str, int], ...]
+    price_token: str
     payout: str
     metadata: str
 
@@ -63,6 +69,17 @@ ChainAction = Register | UpdateModels | SetPrice | UpdateMetadata | Unregister |
 
 
 @dataclass(frozen=True, slots=True)
+class TxNote:
+    """What a call means beyond its arguments (the amount a withdraw moves, and where)."""
+
+    label: str
+    text: str = ""
+    amount: int | None = None
+    symbol: str = ""
+    decimals: int = 18
+
+
+@dataclass(frozen=True, slots=True)
 class PreparedTx:
     """An action turned into a call and previewed: the confirm dialog shows `preview`."""
 
@@ -71,6 +88,7 @@ class PreparedTx:
     call: Any = field(repr=False)
     value_wei: int
     preview: TxPreview
+    notes: tuple[TxNote, ...] = ()
 
 
 def describe(action: ChainAction) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -37,8 +38,10 @@ def artifact_names() -> list[str]:
     )
 
 
+@functools.cache
 def load_artifact(name: str) -> Artifact:
-    """Load a contract's artifact by name; a missing one names the contracts that exist."""
+    """Load a contract's artifact by name (parsed once per process: the status refresh asks
+    often); a missing one names the contracts that exist."""
     entry = resources.files(_PACKAGE).joinpath(_FOLDER, f"{name}.json")
     if not entry.is_file():
         known = ", ".join(artifact_names()) or "none"

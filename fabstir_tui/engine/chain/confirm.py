@@ -118,11 +118,13 @@ class Confirmer:
         if await self._node_knows(entry.hash):
             return
         result, why = await s.broadcast(entry)
-        if result in ("uncertain", "unreached"):
+        if result == "unreached":
             s.journal.note_error(entry.hash, f"rebroadcast did not get through: {why}")
+        elif result == "uncertain":  # it may have got through: the next look finds out
+            s.journal.note_error(entry.hash, f"rebroadcast uncertain: {why}")
         elif result == "nonce_used":
             await self.check_nonce(entry.nonce, rebroadcast=False)
-        elif result == "rejected":
+        elif result == "rejected":  # a known, certain refusal (txerrors.CERTAIN_REJECTIONS)
             s.settle_dropped(entry, f"rebroadcast refused by the node: {why}")
             if len(group) == 1:
                 s.nonces.give_back(entry.nonce)

@@ -17,6 +17,7 @@ FEE_BPS = 250  # 2.5 % of each charge to the treasury
 DISPUTE_WINDOW_S = 3600
 CHALLENGE_BOND_WEI = 10**16  # 0.01 ETH
 SLASH_BPS = 1000  # 10 % of the host's stake when a challenge is upheld
+ARBITRATION_WINDOW_S = 86400  # a day for the arbiter; then anyone may settle unresolved
 
 
 class DeployError(RuntimeError):
@@ -33,6 +34,7 @@ class DeployParams:
     dispute_window_s: int = DISPUTE_WINDOW_S
     challenge_bond_wei: int = CHALLENGE_BOND_WEI
     slash_bps: int = SLASH_BPS
+    arbitration_window_s: int = ARBITRATION_WINDOW_S
     # Empty: the deployer collects fees and arbitrates (the devnet's choice, DESIGN §11.4).
     treasury: str = ""
     arbiter: str = ""
@@ -113,6 +115,7 @@ def deploy_suite(
         params.dispute_window_s,
         params.challenge_bond_wei,
         params.slash_bps,
+        params.arbitration_window_s,
     )
     say("wiring the marketplace into HostEarnings and NodeRegistry")
     call = earnings.functions.setMarketplace(market.address)

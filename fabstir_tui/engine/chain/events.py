@@ -116,6 +116,7 @@ class ChainStatus(Event):
     payout: str = ""
     metadata: str = ""
     models: tuple[tuple[str, int], ...] = ()
+    price_token: str = ""
     eth_balance_wei: int | None = None
     low_gas: bool = False
     base_fee_wei: int | None = None
@@ -123,4 +124,6 @@ class ChainStatus(Event):
     fee_bps: int = 0
     balances: tuple[TokenBalance, ...] = ()
     read_only: bool = False
+    payment_token: str = ""
+    keystore: str = ""
     error: str = ""

@@ -19,6 +19,7 @@ from fabstir_tui.engine.chain.events import (
     ChainReorged,
     ConnectionState,
 )
+from fabstir_tui.engine.chain.follower_guard import LogsGuard
 from fabstir_tui.engine.chain.logs import ContractSpec, DecodedLog, LogDecoder
 from fabstir_tui.engine.chain.rpc_pool import (
     RangeTooLarge,
@@ -77,6 +78,7 @@ class EventFollower:
         self.ws_url = ws_url
         self.store = store
         self.decoder = LogDecoder(contracts)
+        self.logs_guard = LogsGuard(pool, self.decoder, cursor_name)
         self.config = chain_config
         self.confirmations = chain_config.confirmations
         self._apply_fn = apply
@@ -263,7 +265,7 @@ class EventFollower:
             logs: list[dict[str, Any]] | None = None
             end_header: Header | None = None
             if header is not None and self._linked(header):
-                logs = await self._block_logs(header)
+                logs = await self.logs_guard.block_logs(header)
                 end_header = header if logs is not None else None
                 header = None
             if end_header is None:
@@ -273,13 +275,7 @@ class EventFollower:
                     return True  # the chain is shorter than it was: the next round sees why
                 end_header = Header.from_rpc(block)
                 try:
-                    logs = await self.pool.get_logs(
-                        {
-                            "fromBlock": hex(start),
-                            "toBlock": hex(end),
-                            "address": self.decoder.addresses,
-                        }
-                    )
+                    logs = await self.logs_guard.range_logs(start, end_header)
                 except RangeTooLarge as exc:
                     if end == start:
                         raise FollowerError(
@@ -289,6 +285,8 @@ class EventFollower:
                     self._chunk = max(1, (end - start + 1) // 2)
                     log.info("eth_getLogs range capped (%s): %d blocks a request", exc, self._chunk)
                     continue
+                if logs is None:
+                    return True  # a header of the range is missing: look again next round
             assert logs is not None
             try:
                 await self._apply_range(start, end_header, logs)
@@ -297,22 +295,6 @@ class EventFollower:
                 return False
             self._publish_head()
         return True
-
-    async def _block_logs(self, header: Header) -> list[dict[str, Any]] | None:
-        """Logs of the pushed head block, by hash. The header's bloom filter spares the call
-        when none of our contracts logged; an empty answer despite the bloom (a lagging node
-        or a false positive) returns None so the range path looks again. Over HTTP on purpose:
-        requests on the subscription socket met Nagle + delayed-ACK stalls of ~20 ms on the
-        next notice (measured on anvil)."""
-        if header.logs_bloom and not self.decoder.bloom_matches(header.logs_bloom):
-            return []
-        query = {"blockHash": header.hash, "address": self.decoder.addresses}
-        try:
-            logs = await self.pool.get_logs(query)
-        except RpcCallError as exc:
-            log.info("follower %s: logs of block %s failed: %s", self.name, header.hash, exc)
-            return None
-        return logs if logs or not header.logs_bloom else None
 
     async def _apply_range(self, start: int, end: Header, raw_logs: list[dict[str, Any]]) -> None:
         """Apply the logs of blocks start..end and move the cursor to end, in one transaction."""

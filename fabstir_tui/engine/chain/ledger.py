@@ -7,10 +7,11 @@ is rebuilt from the logs that survived; handlers never need to undo a single row
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,6 +119,22 @@ class Ledger:
                 block_time=int(row[8]),
             )
             self.apply(db, log)
+
+    def start_over_unless(self, name: str) -> bool:
+        """Drop other followers' cursors and applied logs (another contract set or key), and
+        the projection built from them, so the ledger is rebuilt from the chain for what we
+        follow now; True when something was dropped."""
+        stale = [str(r[0]) for r in self.store.query("SELECT name FROM chain_cursors")]
+        stale = [n for n in stale if n != name]
+        if not stale:
+            return False
+        with self.store.transaction() as db:
+            for old in stale:
+                db.execute("DELETE FROM chain_logs WHERE follower=?", (old,))
+                db.execute("DELETE FROM chain_blocks WHERE follower=?", (old,))
+                db.execute("DELETE FROM chain_cursors WHERE name=?", (old,))
+            self.on_reorg(db, -1)  # nothing of ours left to replay: start empty
+        return True
 
     # --- HostEarnings -------------------------------------------------------------------
 
@@ -341,6 +358,14 @@ class Ledger:
             )
             for token, f in figures.items()
         }
+
+
+def follower_name(chain_id: int, spec: Mapping[str, tuple[str, object]], address: str) -> str:
+    """A cursor name that carries what was followed for whom: a changed contract set or key
+    gets a new cursor from chain.start_block, so nothing before it is silently skipped."""
+    followed = sorted(f"{n}={a.lower()}" for n, (a, _) in spec.items())
+    what = json.dumps([chain_id, followed, address.lower()])
+    return "main-" + hashlib.sha256(what.encode()).hexdigest()[:12]
 
 
 def _settled_ref(db: sqlite3.Connection, tx_hash: str) -> str | None:

@@ -153,10 +153,9 @@ class RpcPool:
                 try:
                     await self._session(index)
                     provider = self._w3s[index].provider
-                    response = await asyncio.wait_for(
-                        provider.make_request(RPCEndpoint(method), list(params)),
-                        self.timeout_s + 1.0,
-                    )
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
+                    async with asyncio.timeout(self.timeout_s + 1.0):
+                        response = await provider.make_request(RPCEndpoint(method), list(params))
                 except aiohttp.ClientResponseError as exc:
                     why = "rate limited (HTTP 429)" if exc.status == 429 else f"HTTP {exc.status}"
                 except (aiohttp.ClientError, OSError) as exc:

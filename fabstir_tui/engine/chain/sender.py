@@ -4,11 +4,14 @@ Nonces. One counter per sender behind an asyncio.Lock held from nonce choice thr
 journaling and broadcasting, so concurrent sends get consecutive nonces and reach the node in
 order (the signing middleware's races are why we keep our own counter). A nonce is given back
 only when the node *certainly* does not hold the transaction: it answered the broadcast with
-a JSON-RPC rejection (insufficient funds, fee below base fee, underpriced...) or no connection
-was ever made, and the provider made one attempt only (web3 retries eth_sendRawTransaction by
+one of the known refusals in txerrors.CERTAIN_REJECTIONS (insufficient funds, fee below base
+fee, underpriced, intrinsic gas, block gas limit, bad signature or chain id), or no connection
+was ever made and the provider made one attempt only (web3 retries eth_sendRawTransaction by
 default, and an earlier attempt may have got through: build the AsyncHTTPProvider with
-exception_retry_configuration=None to make refusals certain). A timeout or a connection cut
-mid-request is uncertain: the transaction stays pending, keeps its nonce, and `wait`/`start`
+exception_retry_configuration=None to make refusals certain). Everything else is uncertain:
+a timeout, a connection cut mid-request, an HTTP 5xx, or any other error answer (a load
+balancer's -32603 "internal error" or -32005 "limit exceeded" may come after a backend took
+the transaction). An uncertain transaction stays pending, keeps its nonce, and `wait`/`start`
 look for it and rebroadcast it. A nonce given back below the top of the counter is reused by
 the next send, so no gap strands later nonces.
 
@@ -49,14 +52,17 @@ from fabstir_tui.engine.chain.journal import JournalEntry, TxJournal
 from fabstir_tui.engine.chain.nonces import NonceCounter
 from fabstir_tui.engine.chain.preview import Previewer, tx_dict
 from fabstir_tui.engine.chain.reverts import RevertDecoder, default_decoder, rpc_error_message
+from fabstir_tui.engine.chain.rpc_pool import url_host
 from fabstir_tui.engine.chain.txerrors import (
     TRANSPORT_ERRORS,
     RpcUnavailableError,
     TxBroadcastUncertain,
     TxError,
     TxRejectedError,
+    classify_rejection,
     crash_point,
     describe_transport_error,
+    error_code,
     guarded,
     never_reached_node,
 )
@@ -139,8 +145,9 @@ class TxSender:
 
     @property
     def url(self) -> str:
-        """The RPC endpoint, for error messages."""
-        return str(getattr(self.w3.provider, "endpoint_uri", None) or self.w3.provider)
+        """The RPC endpoint for error messages: scheme, host and port only, because provider
+        URLs often carry an API key in the path."""
+        return url_host(str(getattr(self.w3.provider, "endpoint_uri", None) or "the RPC node"))
 
     async def rpc(self, doing: str, awaitable: Awaitable[T]) -> T:
         """Await an RPC call; a transport failure becomes a readable RpcUnavailableError."""
@@ -287,15 +294,15 @@ class TxSender:
             return "uncertain", f"the broadcast timed out ({rpc_error_message(exc)})"
         except Web3RPCError as exc:
             message = rpc_error_message(exc)
-            low = message.lower()
-            if any(marker in low for marker in _KNOWN):
+            if any(marker in message.lower() for marker in _KNOWN):
                 self.journal.mark_broadcast(entry.hash)
                 return "accepted", message
-            if "timeout" in low or "timed out" in low:
-                return "uncertain", f"the node answered: {message}"
-            if "nonce too low" in low or ("replacement" in low and entry.replaces is None):
-                return "nonce_used", message
-            return "rejected", message
+            answer = classify_rejection(message, replacement=entry.replaces is not None)
+            if answer == "uncertain":
+                code = error_code(exc)
+                said = f"error {code}: {message}" if code is not None else message
+                return "uncertain", f"the node answered {said!r}, which is not a known refusal"
+            return answer, message
         except TRANSPORT_ERRORS as exc:
             certain = never_reached_node(exc) and not broadcast_is_retried(self.w3.provider)
             return ("unreached" if certain else "uncertain"), (
@@ -336,6 +343,7 @@ class TxSender:
                 "sent (the journal marks it dropped). Check that the node or provider is up "
                 "and that chain.rpc_urls is right, then retry."
             )
+        # "rejected": one of CERTAIN_REJECTIONS, so the node holds nothing for this nonce
         self.settle_dropped(entry, f"rejected by the node: {why}")
         self.nonces.give_back(entry.nonce)
         raise TxRejectedError(

@@ -16,48 +16,35 @@ from fabstir_tui.config import Config
 from fabstir_tui.engine.chain.actions import (
     ETH,
     ChainAction,
+    ChainUnavailableError,
     PreparedTx,
     ReadOnlyError,
-    Register,
-    SetPrice,
-    Unregister,
-    UpdateMetadata,
-    UpdateModels,
-    Withdraw,
     describe,
-    model_id_bytes,
 )
-from fabstir_tui.engine.chain.artifacts import load_artifact
+from fabstir_tui.engine.chain.contracts import CONTRACTS, ChainContracts
 from fabstir_tui.engine.chain.events import (
     ChainConnection,
     ChainHead,
     ChainLogApplied,
     ChainStatus,
-    TokenBalance,
     WalletState,
 )
 from fabstir_tui.engine.chain.follower import EventFollower
-from fabstir_tui.engine.chain.ledger import Ledger
+from fabstir_tui.engine.chain.ledger import Ledger, follower_name
 from fabstir_tui.engine.chain.passphrase import find_passphrase
 from fabstir_tui.engine.chain.rpc_pool import RpcPool, url_host
 from fabstir_tui.engine.chain.sender import TxSender
+from fabstir_tui.engine.chain.txerrors import TxBroadcastUncertain
 from fabstir_tui.engine.chain.txtypes import TxOutcome
 from fabstir_tui.engine.chain.wallet import WalletError, keystore_path, read_address, unlock_async
 from fabstir_tui.engine.events import EventBus, LogLevel
 from fabstir_tui.engine.store import Store
 
 LogFn = Callable[[LogLevel, str, str], None]
-_CONTRACTS = {
-    "NodeRegistry": "node_registry",
-    "ModelRegistry": "model_registry",
-    "HostEarnings": "host_earnings",
-    "JobMarketplace": "job_marketplace",
-}
 _REFRESH_S = 5.0
-
-
-class ChainUnavailableError(RuntimeError):
-    """An action needs something the chain side does not have yet (RPC, contract, key)."""
+_RESTART_MAX_S = 60.0
+# Local devnets and Base Sepolia; anything else needs chain.allow_mainnet (DESIGN §11.13).
+SAFE_CHAIN_IDS = frozenset({31337, 1337, 84532})
 
 
 class ChainService:
@@ -77,13 +64,19 @@ class ChainService:
         self.sender: TxSender | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._kick = asyncio.Event()
-        self._tokens: dict[str, tuple[str, int]] = {ETH: ("ETH", 18)}
+        self.contracts = ChainContracts(config.chain)
         self._wallet: WalletState = "none"
         self._wallet_detail = ""
         self._connection = ""
         self.status = ChainStatus(
-            enabled=self.chain.enabled, chain_id=self.chain.chain_id, read_only=self.read_only
+            enabled=self.chain.enabled,
+            chain_id=self.chain.chain_id,
+            read_only=self.read_only,
+            payment_token=self.chain.payment_token,
+            keystore=str(self.keystore),
         )
+        self._unlock_lock = asyncio.Lock()
+        self._stopping = False
 
     @property
     def read_only(self) -> bool:
@@ -105,8 +98,16 @@ class ChainService:
                 self._wallet, self._wallet_detail = "error", str(exc)
         else:
             self._wallet_detail = f"no keystore at {self.keystore}: run `fabstir-tui keys new`"
-        self.ledger = Ledger(self.store, self.address or ETH)
-        spec = self._contract_spec()
+        spec = self.contracts.spec()
+        name = follower_name(self.chain.chain_id, spec, self.address)
+        self.ledger = Ledger(self.store, self.address or ETH, follower=name)
+        if self.ledger.start_over_unless(name):
+            self._log(
+                "info",
+                "chain",
+                "the followed contracts or the node key changed: rebuilding the ledger from "
+                f"block {self.chain.start_block}",
+            )
         if spec:
             self.follower = EventFollower(
                 self.pool,
@@ -117,6 +118,7 @@ class ChainService:
                 self.ledger.apply,
                 self.ledger.on_reorg,
                 self.bus,
+                cursor_name=name,
             )
             self._tasks.append(asyncio.create_task(self._follow(), name="chain-follower"))
         self._tasks.append(asyncio.create_task(self._refresh_loop(), name="chain-status"))
@@ -126,6 +128,7 @@ class ChainService:
 
     async def stop(self) -> None:
         """Stop following and close connections; an applied log is never half-written."""
+        self._stopping = True
         if self.follower is not None:
             await self.follower.stop()
         for task in self._tasks:
@@ -135,22 +138,33 @@ class ChainService:
         if self.pool is not None:
             await self.pool.close()
 
-    def _contract_spec(self) -> dict[str, tuple[str, list[dict[str, Any]]]]:
-        spec: dict[str, tuple[str, list[dict[str, Any]]]] = {}
-        for name, key in _CONTRACTS.items():
-            address = str(getattr(self.chain, key))
-            if address:
-                spec[name] = (address, load_artifact(name).abi)
-        return spec
-
     async def _follow(self) -> None:
+        """Run the follower; if it stops on an error, say so and start it again with back-off
+        (it resumes from its cursor, so nothing is missed or applied twice)."""
         assert self.follower is not None
-        try:
-            await self.follower.run()
-        except Exception as exc:  # a handler bug: say so loudly, keep the node up
-            self._log("error", "chain", f"the event follower stopped: {exc}")
-            self.status = dataclasses.replace(self.status, error=f"follower stopped: {exc}")
-            self.bus.publish(self.status)
+        delay = 1.0
+        while True:
+            try:
+                await self.follower.run()
+                return
+            except Exception as exc:
+                self._log(
+                    "error",
+                    "chain",
+                    self._redact(f"the event follower stopped: {exc}; restarting in {delay:.0f} s"),
+                )
+                why = self._redact(f"follower stopped: {exc}")
+                self.status = dataclasses.replace(self.status, error=why)
+                self.bus.publish(self.status)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESTART_MAX_S)
+
+    def _redact(self, text: str) -> str:
+        """Provider URLs often carry an API key in the path: keep scheme, host and port."""
+        for url in (*self.chain.rpc_urls, self.chain.ws_url):
+            if url:
+                text = text.replace(url, url_host(url))
+        return text
 
     def _on_switch(self, url: str, old: str, why: str) -> None:
         self._log(
@@ -178,6 +192,8 @@ class ChainService:
             for message in warnings:
                 self._log("warning", "wallet", message)
         if found is None:
+            if self.sender is not None:  # unlocked meanwhile (the demo, the prompt)
+                return
             self._wallet_detail = "locked: enter the passphrase (Earnings screen, key k)"
             self._log("warning", "wallet", f"key {self.address} is locked; {self._wallet_detail}")
             return
@@ -186,7 +202,12 @@ class ChainService:
             await self.unlock(found.value)
 
     async def unlock(self, passphrase: str) -> None:
-        """Decrypt the keystore (scrypt, seconds) with visible progress, then start the sender."""
+        """Decrypt the keystore (scrypt, seconds) with visible progress, then start the sender.
+        Serialised: two unlocks at once would make two senders with two nonce counters."""
+        async with self._unlock_lock:
+            await self._unlock(passphrase)
+
+    async def _unlock(self, passphrase: str) -> None:
         if self.pool is None or not self.address:
             raise ChainUnavailableError(self._wallet_detail or "the chain side is not configured")
         if self.sender is not None:
@@ -207,15 +228,18 @@ class ChainService:
         try:
             await self._start_sender(account)
         except Exception as exc:
-            self._wallet = "locked"
-            self._wallet_detail = f"the key decrypted, but the sender could not start: {exc}"
+            self._wallet = "error"
+            self._wallet_detail = (
+                f"the key is decrypted, but the chain cannot be reached to start sending: {exc}; "
+                "retrying in the background"
+            )
             self._log("error", "wallet", self._wallet_detail)
             self._publish()
-            raise
+            self._tasks.append(asyncio.create_task(self._retry_sender(account)))
 
     async def _start_sender(self, account: LocalAccount) -> None:
         assert self.pool is not None
-        names = {str(getattr(self.chain, key)): name for name, key in _CONTRACTS.items()}
+        names = {str(getattr(self.chain, key)): name for name, key in CONTRACTS.items()}
         sender = TxSender(
             self.pool.web3(),
             account,
@@ -226,9 +250,34 @@ class ChainService:
         )
         await sender.start()
         self.sender = sender
+        self._tasks.append(asyncio.create_task(self._recheck_pending(), name="tx-recheck"))
         self._wallet, self._wallet_detail = "unlocked", ""
         self._log("info", "wallet", f"key {self.address} unlocked; transactions can be signed")
         self._kick.set()
+
+    async def _retry_sender(self, account: LocalAccount) -> None:
+        """Keep trying to start the sender (RPC down at boot) with back-off."""
+        delay = 2.0
+        while self.sender is None:
+            await asyncio.sleep(delay)
+            try:
+                await self._start_sender(account)
+            except Exception as exc:
+                self._wallet_detail = f"cannot start sending yet: {exc}; retrying"
+                delay = min(delay * 2, _RESTART_MAX_S)
+
+    async def _recheck_pending(self) -> None:
+        """Confirm or rebroadcast journaled transactions nobody is waiting on any more."""
+        while True:
+            await asyncio.sleep(max(self.chain.poll_interval_s * 10, 5.0))
+            sender = self.sender
+            if sender is None:
+                continue
+            for entry in sender.journal.pending(sender.address, sender.chain_id):
+                try:
+                    await sender.wait(entry.hash, timeout=0.1)
+                except Exception as exc:  # still pending or the RPC is down: next round
+                    self._log("debug", "chain", f"{entry.label} {entry.hash} pending: {exc}")
 
     # --- status ---------------------------------------------------------------------------
 
@@ -243,11 +292,14 @@ class ChainService:
 
         pumper = asyncio.create_task(pump())
         try:
-            while True:
+            while not self._stopping:
                 await self.refresh()
                 self._kick.clear()
+                # Not wait_for: on 3.11 it can swallow a cancel that lands as the wait ends
+                # (seen here: stop() hung on this task); asyncio.timeout does not.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), _REFRESH_S)
+                    async with asyncio.timeout(_REFRESH_S):
+                        await self._kick.wait()
                 await asyncio.sleep(0.2)  # coalesce a burst of logs into one refresh
         finally:
             sub.close()
@@ -261,7 +313,7 @@ class ChainService:
             status = await self._read_status(self.pool.web3())
         except Exception as exc:
             status = dataclasses.replace(
-                self.status, error=f"cannot read the chain: {exc}", ts=time.time()
+                self.status, error=self._redact(f"cannot read the chain: {exc}"), ts=time.time()
             )
         self.status = status
         self.bus.publish(status)
@@ -277,12 +329,13 @@ class ChainService:
             fields["eth_balance_wei"] = eth
             fields["low_gas"] = eth < int(self.chain.low_gas_eth * 10**18)
         if self.chain.node_registry:
-            fields.update(await self._registration(w3))
+            fields.update(await self.contracts.registration(w3, self.address))
         fee_bps = 0
         if self.chain.job_marketplace:
-            market = self._contract(w3, "JobMarketplace")
+            market = self.contracts.contract(w3, "JobMarketplace")
             fee_bps = int(await market.functions.feeBps().call())
-        fields["balances"] = await self._balances(w3, fee_bps)
+        summary = self.ledger.summary(fee_bps) if self.ledger is not None else {}
+        fields["balances"] = await self.contracts.balances(w3, self.address, summary)
         follower = self.follower
         return ChainStatus(
             enabled=True,
@@ -299,84 +352,10 @@ class ChainService:
             priority_fee_wei=int(self.chain.priority_fee_gwei * 10**9),
             fee_bps=fee_bps,
             read_only=self.read_only,
+            payment_token=self.chain.payment_token,
+            keystore=str(self.keystore),
             **fields,
         )
-
-    async def _registration(self, w3: AsyncWeb3[Any]) -> dict[str, Any]:
-        nodes = self._contract(w3, "NodeRegistry")
-        min_stake = int(await nodes.functions.minStake().call())
-        if not self.address:
-            return {"min_stake_wei": min_stake}
-        stake, payout, metadata, models, active = await nodes.functions.getNode(self.address).call()
-        prices = []
-        for model in models:
-            price = int(await nodes.functions.priceOf(self.address, model).call())
-            prices.append(("0x" + bytes(model).hex(), price))
-        return {
-            "registered": bool(active),
-            "stake_wei": int(stake),
-            "min_stake_wei": min_stake,
-            "payout": str(payout) if active else "",
-            "metadata": str(metadata),
-            "models": tuple(prices),
-        }
-
-    async def _balances(self, w3: AsyncWeb3[Any], fee_bps: int) -> tuple[TokenBalance, ...]:
-        summary = self.ledger.summary(fee_bps) if self.ledger is not None else {}
-        tokens = [ETH]
-        if self.chain.payment_token:
-            tokens.append(AsyncWeb3.to_checksum_address(self.chain.payment_token))
-        tokens += [t for t in summary if t.lower() not in {x.lower() for x in tokens}]
-        earnings = self._contract(w3, "HostEarnings") if self.chain.host_earnings else None
-        out = []
-        for token in tokens:
-            symbol, decimals = await self._token_info(w3, token)
-            withdrawable = 0
-            if earnings is not None and self.address:
-                withdrawable = int(await earnings.functions.balanceOf(self.address, token).call())
-            figures = next((v for k, v in summary.items() if k.lower() == token.lower()), None)
-            out.append(
-                TokenBalance(
-                    token=token,
-                    symbol=symbol,
-                    decimals=decimals,
-                    withdrawable=withdrawable,
-                    **(
-                        {
-                            "held_in_escrow": figures.held_in_escrow,
-                            "jobs_awaiting_release": figures.jobs_awaiting_release,
-                            "earned_today": figures.earned_today,
-                            "earned_7d": figures.earned_7d,
-                            "earned_total": figures.earned_total,
-                            "withdrawn_total": figures.withdrawn_total,
-                        }
-                        if figures is not None
-                        else {}
-                    ),
-                )
-            )
-        return tuple(out)
-
-    async def _token_info(self, w3: AsyncWeb3[Any], token: str) -> tuple[str, int]:
-        """Symbol and decimals, read once per token (a token without them shows its address)."""
-        known = self._tokens.get(token)
-        if known is not None:
-            return known
-        abi = load_artifact("FabstirTestToken").abi
-        contract = w3.eth.contract(address=token, abi=abi)  # type: ignore[call-overload]
-        try:
-            info = (
-                str(await contract.functions.symbol().call()),
-                int(await contract.functions.decimals().call()),
-            )
-        except Exception:
-            info = (token[:10], 18)
-        self._tokens[token] = info
-        return info
-
-    def _contract(self, w3: AsyncWeb3[Any], name: str) -> Any:
-        address = str(getattr(self.chain, _CONTRACTS[name]))
-        return w3.eth.contract(address=address, abi=load_artifact(name).abi)  # type: ignore[call-overload]
 
     def _publish(self) -> None:
         self.status = dataclasses.replace(
@@ -406,50 +385,34 @@ class ChainService:
             )
         if not self.chain.enabled:
             raise ChainUnavailableError("no chain configured: set chain.rpc_urls")
+        if self.chain.chain_id not in SAFE_CHAIN_IDS and not self.chain.allow_mainnet:
+            raise ReadOnlyError(
+                f"chain {self.chain.chain_id} is not a devnet or Base Sepolia: these contracts "
+                "are unaudited, so signing there needs chain.allow_mainnet = true"
+            )
         if self.sender is None:
             why = self._wallet_detail or "the wallet is locked"
             raise ChainUnavailableError(f"cannot sign: {why}")
         return self.sender
 
-    def _call_for(self, action: ChainAction, w3: AsyncWeb3[Any]) -> tuple[Any, int]:
-        """The contract call and value that carry out an action."""
-        if isinstance(action, Withdraw):
-            if not self.chain.host_earnings:
-                raise ChainUnavailableError("chain.host_earnings is not set")
-            return self._contract(w3, "HostEarnings").functions.withdraw(action.token), 0
-        if not self.chain.node_registry:
-            raise ChainUnavailableError("chain.node_registry is not set")
-        nodes = self._contract(w3, "NodeRegistry").functions
-        match action:
-            case Register():
-                ids = [model_id_bytes(m) for m, _ in action.models]
-                prices = [p for _, p in action.models]
-                call = nodes.register(ids, prices, action.payout, action.metadata)
-                return call, action.stake_wei
-            case UpdateModels():
-                ids = [model_id_bytes(m) for m, _ in action.models]
-                return nodes.setModels(ids, [p for _, p in action.models]), 0
-            case SetPrice():
-                return nodes.setPrice(model_id_bytes(action.model_id), action.price_per_million), 0
-            case UpdateMetadata():
-                return nodes.setMetadata(action.metadata), 0
-            case Unregister():
-                return nodes.unregister(), 0
-        raise AssertionError(action)
-
     async def prepare(self, action: ChainAction) -> PreparedTx:
         """Build and preview the transaction an action needs; nothing is signed yet."""
         sender = self._ready_sender()
-        call, value = self._call_for(action, sender.w3)
+        call, value = self.contracts.call_for(action, sender.w3)
         preview = await sender.preview(call, value)
-        return PreparedTx(action, describe(action), call, value, preview)
+        notes = await self.contracts.notes(action, sender.w3, self.address)
+        return PreparedTx(action, describe(action), call, value, preview, notes)
 
     async def execute(self, prepared: PreparedTx) -> TxOutcome:
         """Sign and send what the operator confirmed, then wait for it to be mined."""
         sender = self._ready_sender()
-        sent = await sender.send(
-            prepared.call, prepared.value_wei, prepared.label, prepared.preview
-        )
-        outcome = await sender.wait(sent.tx_hash)
+        try:
+            sent = await sender.send(
+                prepared.call, prepared.value_wei, prepared.label, prepared.preview
+            )
+            tx_hash = sent.tx_hash
+        except TxBroadcastUncertain as exc:  # journaled; waiting rebroadcasts it if need be
+            tx_hash = exc.tx_hash
+        outcome = await sender.wait(tx_hash)
         self._kick.set()
         return outcome

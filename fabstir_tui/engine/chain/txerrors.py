@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import aiohttp
-from web3.exceptions import ProviderConnectionError, RequestTimedOut
+from web3.exceptions import ProviderConnectionError, RequestTimedOut, Web3RPCError
 
 CRASH_ENV = "FABSTIR_CRASH_AT"
 T = TypeVar("T")
+Answer = Literal["nonce_used", "rejected", "uncertain"]
 
 
 class TxError(RuntimeError):
@@ -40,8 +41,9 @@ class TxRejectedError(TxError):
 
 
 class TxBroadcastUncertain(TxError):
-    """The broadcast broke off mid-way: the node may hold the transaction. It stays journaled
-    as pending; `wait` or the next `start` confirms or rebroadcasts it."""
+    """The broadcast broke off mid-way or got an answer that is not a known refusal: the node
+    may hold the transaction. It stays journaled as pending, its nonce kept; `wait` or the
+    next `start` confirms or rebroadcasts it."""
 
     def __init__(self, message: str, tx_hash: str) -> None:
         super().__init__(message)
@@ -78,6 +80,58 @@ def crash_point(name: str) -> None:
     """Die here when FABSTIR_CRASH_AT names this point (DESIGN §11.12)."""
     if os.environ.get(CRASH_ENV) == name:
         raise CrashPointReached(f"{CRASH_ENV}={name}")
+
+
+# JSON-RPC answers to eth_sendRawTransaction that certainly mean "not taken": the node
+# checked the transaction itself and refused it (geth, op-geth, reth, anvil and Nethermind
+# wording, lower-cased). Any other error answer is uncertain: a load balancer's -32603
+# "internal error", a -32005 "limit exceeded" or a "request timed out" may come back after a
+# backend took the transaction, so its nonce is kept and the journal row stays pending.
+CERTAIN_REJECTIONS: tuple[str, ...] = (
+    "insufficient funds",  # geth, anvil ("Insufficient funds for gas * price + value")
+    "insufficientfunds",  # Nethermind
+    "less than block base fee",  # geth, anvil ("max fee per gas less than block base fee")
+    "fee cap too low",
+    "fee too low",
+    "feetoolow",  # Nethermind
+    "underpriced",  # "transaction underpriced", "replacement transaction underpriced"
+    "max priority fee per gas higher than max fee per gas",
+    "intrinsic gas too low",
+    "intrinsic gas too high",  # anvil: tx.gas_limit > env.block.gas_limit
+    "exceeds block gas limit",
+    "gaslimitexceeded",  # Nethermind
+    "invalid sender",
+    "invalid signature",
+    "invalid chain id",  # "invalid chain id for signer"
+    "only replay-protected",
+    "exceeds the configured cap",  # geth's rpc.txfeecap
+    "oversized data",
+    "transaction type not supported",
+)
+_NONCE_USED = ("nonce too low", "oldnonce")  # geth/anvil/reth, Nethermind
+
+
+def classify_rejection(message: str, replacement: bool) -> Answer:
+    """What a JSON-RPC error answer to eth_sendRawTransaction says about the transaction:
+    "nonce_used" (another transaction holds the nonce), "rejected" (certainly refused, see
+    CERTAIN_REJECTIONS) or "uncertain" (anything else: the node may hold it)."""
+    low = message.lower()
+    if "timeout" in low or "timed out" in low:
+        return "uncertain"
+    if any(marker in low for marker in _NONCE_USED):
+        return "nonce_used"
+    if "replacement" in low and not replacement:  # a transaction we never saw holds the nonce
+        return "nonce_used"
+    if any(marker in low for marker in CERTAIN_REJECTIONS):
+        return "rejected"
+    return "uncertain"
+
+
+def error_code(exc: Web3RPCError) -> int | None:
+    """The JSON-RPC error code of an error answer, when it has one."""
+    error = (exc.rpc_response or {}).get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, int) else None
 
 
 # Transport failures: the request may or may not have reached the node.

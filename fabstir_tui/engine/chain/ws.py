@@ -80,7 +80,8 @@ class WsRpc:
             self._reader = None
         if self._ws is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._ws.close(), 1.0)
+                async with asyncio.timeout(1.0):  # not wait_for: it can swallow a cancel on 3.11
+                    await self._ws.close()
             self._ws = None
         self._fail_pending(WsClosed(f"WebSocket to {url_host(self.url)} closed"))
 

@@ -8,13 +8,15 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from fabstir_tui.engine.chain.actions import TxNote
 from fabstir_tui.engine.chain.txtypes import TxPreview
 from fabstir_tui.ui.format import gwei, token_amount
 
 
-def preview_lines(preview: TxPreview) -> list[tuple[str, str]]:
+def preview_lines(preview: TxPreview, notes: tuple[TxNote, ...] = ()) -> list[tuple[str, str]]:
     """(label, value) rows in reading order; amounts exact, fees in ETH and gwei."""
-    rows = [
+    rows = [(n.label, _note(n)) for n in notes]
+    rows += [
         ("contract", f"{preview.contract or '(unknown)'} {preview.address}"),
         ("function", preview.function or "(plain transfer)"),
     ]
@@ -37,6 +39,13 @@ def preview_lines(preview: TxPreview) -> list[tuple[str, str]]:
     return rows
 
 
+def _note(note: TxNote) -> str:
+    if note.amount is None:
+        return note.text
+    amount = token_amount(note.amount, note.decimals, note.symbol)
+    return f"{amount} {note.text}".rstrip()
+
+
 class ConfirmTxScreen(ModalScreen[bool]):
     """Answers True to sign: y signs; n, escape or enter (Cancel has the focus) do not."""
 
@@ -46,16 +55,17 @@ class ConfirmTxScreen(ModalScreen[bool]):
         Binding("escape", "answer(False)", "Cancel", show=False),
     ]
 
-    def __init__(self, title: str, preview: TxPreview) -> None:
+    def __init__(self, title: str, preview: TxPreview, notes: tuple[TxNote, ...] = ()) -> None:
         super().__init__()
         self.title_text = title
         self.preview = preview
+        self.notes = notes
 
     def compose(self) -> ComposeResult:
         with Vertical(id="confirm-tx", classes="dialog"):
             yield Label(f"Sign: {self.title_text}?", classes="dialog-title", markup=False)
             with VerticalScroll(id="confirm-rows"):
-                for label, value in preview_lines(self.preview):
+                for label, value in preview_lines(self.preview, self.notes):
                     with Horizontal(classes="confirm-row"):
                         yield Static(label, classes="confirm-label", markup=False)
                         yield Static(value, classes="confirm-value", markup=False)

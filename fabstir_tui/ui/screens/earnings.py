@@ -163,16 +163,24 @@ class EarningsScreen(LiveScreen):
         if balance is None:
             self.notify("Nothing to withdraw: no chain status yet.", markup=False)
             return
-        if balance.withdrawable == 0 and not self.node.config.node.read_only:
+        if balance.withdrawable == 0 and self.status is not None and not self.status.read_only:
             self.notify(f"No {balance.symbol} to withdraw.", markup=False)
             return
-        self.run_worker(self.fabstir.run_chain_actions([Withdraw(balance.token)]), name="withdraw")
+        self.run_worker(
+            self.fabstir.run_chain_actions([Withdraw(balance.token)]),
+            name="withdraw",
+            exit_on_error=False,
+        )
 
     def action_register(self) -> None:
-        self.run_worker(self.fabstir.open_registration(self.status), name="register")
+        self.run_worker(
+            self.fabstir.open_registration(self.status), name="register", exit_on_error=False
+        )
 
     def action_unregister(self) -> None:
-        self.run_worker(self.fabstir.run_chain_actions([Unregister()]), name="unregister")
+        self.run_worker(
+            self.fabstir.run_chain_actions([Unregister()]), name="unregister", exit_on_error=False
+        )
 
     def action_unlock(self) -> None:
-        self.run_worker(self.fabstir.ask_passphrase(), name="unlock")
+        self.run_worker(self.fabstir.ask_passphrase(), name="unlock", exit_on_error=False)

@@ -46,8 +46,9 @@ def parse_units(text: str, decimals: int, what: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class PriceUnit:
-    """The token prices are typed in (the payment token, else ETH)."""
+    """The token prices are typed in and paid in (the payment token, else ETH)."""
 
+    token: str
     symbol: str
     decimals: int
 
@@ -158,7 +159,7 @@ class RegisterScreen(ModalScreen[list[ChainAction] | None]):
         payout = self.query_one("#reg-payout", Input).value.strip()
         if not (payout.startswith("0x") and len(payout) == 42):
             raise FormError("payout: an address, 0x and 40 hex digits")
-        return [Register(stake, models, payout, metadata)]
+        return [Register(stake, models, self.unit.token, payout, metadata)]
 
     def _updates(self, models: tuple[tuple[str, int], ...], metadata: str) -> list[ChainAction]:
         """The fewest calls: per-model setPrice when the set is unchanged, else setModels."""
