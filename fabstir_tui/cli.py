@@ -126,7 +126,7 @@ def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: b
             demo_dir = demo_dir / "demo"
             extra["paths.data_dir"] = demo_dir
         from fabstir_tui.commands.demo_chain import start_demo_chain
-        from fabstir_tui.commands.devnet import SetupInterrupted
+        from fabstir_tui.commands.devnet_setup import SetupInterrupted
         from fabstir_tui.commands.headless import EXIT_INTERRUPTED
 
         try:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fabstir_tui.commands.devnet import (
+from fabstir_tui.commands.devnet_setup import (
     SETUP_ERRORS,
     Devnet,
     DevnetAccount,

@@ -28,7 +28,7 @@ from fabstir_tui.commands.demo_chain import (
     fresh_node_dir,
     start_demo_chain,
 )
-from fabstir_tui.commands.devnet import Devnet, DevnetInfo
+from fabstir_tui.commands.devnet_setup import Devnet, DevnetInfo
 from fabstir_tui.config import load_config
 from fabstir_tui.engine.chain.anvil import Anvil
 from fabstir_tui.engine.chain.deploy import Deployment

@@ -13,7 +13,7 @@ from typing import Any
 from chain_kit import MODEL_A, Suite, register
 from eth_account import Account
 
-from fabstir_tui.commands.devnet import devnet_accounts
+from fabstir_tui.commands.devnet_setup import devnet_accounts
 from fabstir_tui.commands.doctor import Check
 from fabstir_tui.commands.doctor_chain import chain_checks
 from fabstir_tui.config import Config, load_config
