@@ -80,6 +80,9 @@ def check_rpc(urls: list[str]) -> tuple[list[Check], list[tuple[str, Web3]]]:
     return checks, live
 
 
+DEVNET_CHAIN_IDS = frozenset({31337, 1337})
+
+
 def check_chain_id(config: Config, live: list[tuple[str, Web3]]) -> Check:
     """The RPC must serve the chain the config names, or every signature goes to the wrong one."""
     want = config.chain.chain_id
@@ -98,6 +101,14 @@ def check_chain_id(config: Config, live: list[tuple[str, Web3]]) -> Check:
             f"{'; '.join(wrong)}, but chain.chain_id is {want}",
             f"point chain.rpc_urls at a chain-{want} node, or set chain.chain_id to the "
             "chain you mean",
+        )
+    if want not in DEVNET_CHAIN_IDS and config.chain.confirmations == 0:
+        return Check(
+            "chain id",
+            "warn",
+            f"{want}, as configured, but chain.confirmations is 0: a reorg on a real chain "
+            "can take back what the node already counted",
+            "set chain.confirmations to 1 or more off the devnet",
         )
     return Check("chain id", "ok", f"{want}, as configured")
 

@@ -162,3 +162,18 @@ def test_no_keystore_is_not_available_with_the_fix(
     for name in ("chain registration", "chain gas balance"):
         assert checks[name].verdict == "not_available"
         assert "fabstir-tui keys new" in checks[name].fix
+
+
+def test_zero_confirmations_off_the_devnet_is_a_warning(tmp_path: Path) -> None:
+    with Anvil(chain_id=84532, accounts=2) as sepolia_id:  # Base Sepolia's id, on anvil
+        url = sepolia_id.http_url
+        for confirmations, verdict in ((0, "warn"), (1, "ok")):
+            config = _config(tmp_path, rpc_urls=url, chain_id=84532, confirmations=confirmations)
+            check = _by_name(chain_checks(config))["chain id"]
+            assert check.verdict == verdict, check
+        assert (
+            "confirmations"
+            in _by_name(chain_checks(_config(tmp_path, rpc_urls=url, chain_id=84532)))[
+                "chain id"
+            ].fix
+        )
