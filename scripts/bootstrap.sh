@@ -22,6 +22,7 @@ command -v g++ >/dev/null || need+=(g++)
 command -v cmake >/dev/null || need+=(cmake)
 command -v ninja >/dev/null || command -v make >/dev/null || need+=(ninja-build)
 command -v npm >/dev/null || need+=(nodejs npm)
+dpkg -s libgmp-dev >/dev/null 2>&1 || need+=(libgmp-dev) # libp2p's fastecdsa compiles against GMP
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${need[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
