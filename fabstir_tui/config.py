@@ -138,6 +138,25 @@ class ChainSection(_Section):
         return bool(self.rpc_urls)
 
 
+class P2pSection(_Section):
+    """The libp2p host: off until enabled; multiaddrs, not URLs."""
+
+    enabled: bool = False
+    listen_addrs: list[str] = Field(default_factory=lambda: ["/ip4/0.0.0.0/tcp/4001"])
+    bootstrap: list[str] = Field(default_factory=list, description="peers to dial at start")
+    identity: Path | None = Field(default=None, description="default: <data_dir>/p2p-identity")
+    api_url: str = Field(default="", description="the client API URL peers are told about")
+
+    @field_validator("listen_addrs", "bootstrap", mode="after")
+    @classmethod
+    def _multiaddrs(cls, value: list[str]) -> list[str]:
+        """A host:port typed here would otherwise fail deep inside libp2p."""
+        for addr in value:
+            if not addr.startswith("/"):
+                raise ValueError(f"{addr!r} is not a multiaddr (like /ip4/127.0.0.1/tcp/4001)")
+        return value
+
+
 class UiSection(_Section):
     theme: str = "fabstir-dark"
     refresh_hz: float = Field(default=2.0, gt=0, le=30)
@@ -151,6 +170,7 @@ class Config(_Section):
     inference: InferenceSection = Field(default_factory=InferenceSection)
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     chain: ChainSection = Field(default_factory=ChainSection)
+    p2p: P2pSection = Field(default_factory=P2pSection)
     ui: UiSection = Field(default_factory=UiSection)
 
 
