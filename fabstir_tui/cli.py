@@ -299,6 +299,30 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         click.echo(format_config_show(loaded))
 
 
+@main_group.group("p2p")
+def p2p_group() -> None:
+    """Talk to other nodes over libp2p."""
+
+
+@p2p_group.command("info")
+@click.argument("multiaddr")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the peer, dial included.",
+)
+@click.pass_context
+def p2p_info_cmd(ctx: click.Context, multiaddr: str, as_json: bool, timeout_s: float) -> None:
+    """Models, prices, GPU, capacity and API URL of the node at MULTIADDR (with /p2p/<id>)."""
+    from fabstir_tui.commands.p2p import p2p_info
+
+    ctx.exit(p2p_info(multiaddr, as_json, timeout_s))
+
+
 main_group.add_command(keys_group)
 main_group.add_command(init_cmd)
 

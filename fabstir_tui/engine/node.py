@@ -36,6 +36,8 @@ from fabstir_tui.engine.inference.stream import (
     LoadRefusedError,
     TokenStream,
 )
+from fabstir_tui.engine.p2p.messages import InfoResponse
+from fabstir_tui.engine.p2p.service import P2PService, P2PStatus, node_info, package_version
 from fabstir_tui.engine.store import Store
 from fabstir_tui.engine.telemetry.service import TelemetryService
 
@@ -70,6 +72,7 @@ class Node:
         self.telemetry = TelemetryService(config.telemetry, self.bus, data_dir)
         self._registry: ModelRegistry | None = None
         self._chain: ChainService | None = None
+        self._p2p: P2PService | None = None
         self._lock: DataDirLock | None = None
         self._logs: deque[LogRecorded] = deque(maxlen=5000)
         self._audit: deque[OperatorActionRecorded] = deque(maxlen=1000)
@@ -116,8 +119,35 @@ class Node:
         self.telemetry.start()
         self._chain = ChainService(self.config, self.store, self.bus, self.log)
         await self._chain.start()
+        if self.config.p2p.enabled:
+            await self._start_p2p()
         self._set_state("running")
         self.log("info", "node", f"node {self.config.node.name} started")
+
+    async def _start_p2p(self) -> None:
+        """Start the libp2p host; a failure is logged and the node runs on without P2P."""
+        version = package_version()
+        api_url = self.config.p2p.api_url
+
+        def provide() -> InfoResponse:
+            return node_info(self.snapshot(), self.chain_status(), api_url, version)
+
+        service = P2PService(self.config, provide, bus=self.bus, log=self.log)
+        try:
+            await service.start()
+        except Exception as exc:
+            self.log("error", "p2p", f"P2P did not start, running without it: {exc}")
+            return
+        self._p2p = service
+
+    @property
+    def p2p(self) -> P2PService | None:
+        """The running P2P service, or None when P2P is off or failed to start."""
+        return self._p2p
+
+    def p2p_status(self) -> P2PStatus | None:
+        """Our peer id and dialable listen addresses, or None when P2P is not running."""
+        return self._p2p.status() if self._p2p is not None else None
 
     async def stop(self) -> None:
         """Stop every service even when one of them fails to stop, then close the store."""
@@ -125,7 +155,10 @@ class Node:
             return
         self._set_state("stopping")
         registry = self._registry
-        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self._p2p is not None:
+            steps.append(("p2p host", self._p2p.stop))
+        steps += [
             ("inference workers", self.models.stop),
             ("telemetry", lambda: asyncio.to_thread(self.telemetry.stop)),
         ]
