@@ -20,11 +20,16 @@ from types import FrameType
 from typing import Any
 
 import psutil
-from eth_account import Account
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from fabstir_tui.engine.chain.anvil import DEFAULT_MNEMONIC, Anvil, AnvilError, RpcError
+from fabstir_tui.engine.chain.anvil import (
+    DEFAULT_MNEMONIC,
+    Anvil,
+    AnvilError,
+    RpcError,
+    anvil_account,
+)
 from fabstir_tui.engine.chain.artifacts import ArtifactError, load_artifact
 from fabstir_tui.engine.chain.deploy import (
     DeployError,
@@ -136,12 +141,8 @@ class StopSignals:
 
 def devnet_accounts(count: int, mnemonic: str = DEFAULT_MNEMONIC) -> list[DevnetAccount]:
     """The keys anvil derives from its mnemonic (BIP-44 m/44'/60'/0'/0/i)."""
-    Account.enable_unaudited_hdwallet_features()
-    out = []
-    for i in range(count):
-        acct = Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{i}")
-        out.append(DevnetAccount(acct.address, "0x" + bytes(acct.key).hex()))
-    return out
+    accounts = (anvil_account(i, mnemonic) for i in range(count))
+    return [DevnetAccount(a.address, "0x" + bytes(a.key).hex()) for a in accounts]
 
 
 def demo_model_approval(progress: Progress) -> tuple[list[tuple[bytes, str]], list[str]]:

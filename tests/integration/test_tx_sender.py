@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 from eth_abi.abi import encode
-from eth_account import Account
-from eth_account.signers.local import LocalAccount
 from follower_kit import AmbiguousSendRpc
 from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
 
 from fabstir_tui.config import ChainSection
-from fabstir_tui.engine.chain import DEFAULT_MNEMONIC, Anvil
+from fabstir_tui.engine.chain import Anvil
+from fabstir_tui.engine.chain.anvil import anvil_account
 from fabstir_tui.engine.chain.artifacts import load_artifact
 from fabstir_tui.engine.chain.deploy import Deployment, DeployParams, deploy_suite
 from fabstir_tui.engine.chain.events import TxSettled, TxSubmitted
@@ -49,16 +48,7 @@ SINK = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65"  # anvil account 4
 PRICE_IN_ETH = "0x" + "0" * 40  # register's priceToken: address(0) = ETH
 ORACLE_FEE = 123_456_789_000  # what the stand-in GasPriceOracle charges for any transaction
 
-Account.enable_unaudited_hdwallet_features()
-
-
-@functools.cache
-def anvil_key(index: int) -> LocalAccount:
-    """One of anvil's public test accounts, derived from its default mnemonic."""
-    account: LocalAccount = Account.from_mnemonic(
-        DEFAULT_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}"
-    )
-    return account
+anvil_key = functools.cache(anvil_account)  # anvil's public test accounts
 
 
 # --- test doubles (runtime bytecode installed with anvil_setCode) ---------------------------

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
 from fabstir_tui.config import Config
-from fabstir_tui.engine.chain import DEFAULT_MNEMONIC, Anvil, load_artifact
+from fabstir_tui.engine.chain import Anvil, load_artifact
+from fabstir_tui.engine.chain.anvil import anvil_account
 from fabstir_tui.engine.chain.deploy import Deployment, DeployParams, deploy_suite
 from fabstir_tui.engine.chain.wallet import create_keystore
 
@@ -24,9 +24,7 @@ ETH = "0x0000000000000000000000000000000000000000"
 
 def anvil_key(index: int) -> bytes:
     """The private key of anvil's account `index` (public test data from its mnemonic)."""
-    Account.enable_unaudited_hdwallet_features()
-    account = Account.from_mnemonic(DEFAULT_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
-    return bytes(account.key)
+    return bytes(anvil_account(index).key)
 
 
 @dataclass

@@ -16,7 +16,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eth_account.signers.local import LocalAccount
 
 # anvil's own default; deterministic so devnet keys and addresses are the same on every run.
 DEFAULT_MNEMONIC = "test test test test test test test test test test test junk"
@@ -43,6 +46,15 @@ class RpcError(RuntimeError):
         super().__init__(f"{method}: {error}")
         self.method = method
         self.error = error
+
+
+def anvil_account(index: int, mnemonic: str = DEFAULT_MNEMONIC) -> LocalAccount:
+    """anvil's public test account `index` (BIP-44 m/44'/60'/0'/0/index of its mnemonic)."""
+    from eth_account import Account  # costly import; only the devnet and tests need it
+
+    Account.enable_unaudited_hdwallet_features()
+    account: LocalAccount = Account.from_mnemonic(mnemonic, account_path=f"m/44'/60'/0'/0/{index}")
+    return account
 
 
 def find_anvil(root: Path | None = None) -> Path:

@@ -40,6 +40,7 @@ class ChainContracts:
     def __init__(self, chain: ChainSection) -> None:
         self.chain = chain
         self._tokens: dict[str, tuple[str, int]] = {ETH: ("ETH", 18)}
+        self._immutables: dict[tuple[str, str], int] = {}
 
     def spec(self) -> dict[str, tuple[str, list[dict[str, Any]]]]:
         """Name -> (address, ABI) of every configured contract, for the follower."""
@@ -72,10 +73,18 @@ class ChainContracts:
         self._tokens[token] = info
         return info
 
+    async def immutable(self, w3: AsyncWeb3[Any], contract: str, getter: str) -> int:
+        """A value fixed at deployment (fee bps, minimum stake): read once, not per refresh."""
+        key = (contract, getter)
+        if key not in self._immutables:
+            call = getattr(self.contract(w3, contract).functions, getter)()
+            self._immutables[key] = int(await call.call())
+        return self._immutables[key]
+
     async def registration(self, w3: AsyncWeb3[Any], address: str) -> dict[str, Any]:
         """Our registration as the status shows it (not registered: only the minimum stake)."""
         nodes = self.contract(w3, "NodeRegistry")
-        min_stake = int(await nodes.functions.minStake().call())
+        min_stake = await self.immutable(w3, "NodeRegistry", "minStake")
         if not address:
             return {"min_stake_wei": min_stake}
         node = await nodes.functions.getNode(address).call()

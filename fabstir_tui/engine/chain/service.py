@@ -332,8 +332,7 @@ class ChainService:
             fields.update(await self.contracts.registration(w3, self.address))
         fee_bps = 0
         if self.chain.job_marketplace:
-            market = self.contracts.contract(w3, "JobMarketplace")
-            fee_bps = int(await market.functions.feeBps().call())
+            fee_bps = await self.contracts.immutable(w3, "JobMarketplace", "feeBps")
         summary = self.ledger.summary(fee_bps) if self.ledger is not None else {}
         fields["balances"] = await self.contracts.balances(w3, self.address, summary)
         follower = self.follower
