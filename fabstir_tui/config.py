@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,28 @@ class P2pSection(_Section):
     bootstrap: list[str] = Field(default_factory=list, description="peers to dial at start")
     identity: Path | None = Field(default=None, description="default: <data_dir>/p2p-identity")
     api_url: str = Field(default="", description="the client API URL peers are told about")
+    job_allowlist: list[str] = Field(
+        default_factory=list,
+        description="peer ids served on /fabstir/job/1.0.0 until the job pipeline exists",
+    )
+    dht: bool = Field(default=True, description="Kademlia discovery (/fabstir prefix)")
+    reprovide_interval_s: float = Field(default=600.0, ge=5, le=86_400)
+    announce_interval_s: float = Field(default=30.0, ge=1, le=3600, description="GossipSub")
+    mdns: bool = Field(default=False, description="find peers on the LAN by multicast DNS")
+    max_handshakes: int = Field(
+        default=16, ge=1, le=1024, description="inbound connection upgrades run at once"
+    )
+    peer_info_interval_s: float = Field(default=60.0, ge=1, le=3600)
+    ping_interval_s: float = Field(default=15.0, ge=1, le=3600)
+
+    @field_validator("job_allowlist", mode="after")
+    @classmethod
+    def _peer_ids(cls, value: list[str]) -> list[str]:
+        """A multiaddr pasted here instead of a peer id would silently allow nobody."""
+        for peer in value:
+            if not re.fullmatch(r"[1-9A-HJ-NP-Za-km-z]{40,64}", peer):
+                raise ValueError(f"{peer!r} is not a base58 peer id (like 12D3KooW...)")
+        return value
 
     @field_validator("listen_addrs", "bootstrap", mode="after")
     @classmethod

@@ -38,6 +38,7 @@ from fabstir_tui.engine.inference.stream import (
 )
 from fabstir_tui.engine.p2p.messages import InfoResponse
 from fabstir_tui.engine.p2p.service import P2PService, P2PStatus, node_info, package_version
+from fabstir_tui.engine.p2p.wiring import node_components
 from fabstir_tui.engine.store import Store
 from fabstir_tui.engine.telemetry.service import TelemetryService
 
@@ -132,7 +133,9 @@ class Node:
         def provide() -> InfoResponse:
             return node_info(self.snapshot(), self.chain_status(), api_url, version)
 
-        service = P2PService(self.config, provide, bus=self.bus, log=self.log)
+        service = P2PService(
+            self.config, provide, bus=self.bus, log=self.log, components=node_components(self)
+        )
         try:
             await service.start()
         except Exception as exc:

@@ -21,6 +21,7 @@ import trio
 
 from fabstir_tui.engine.events import LogLevel
 from fabstir_tui.engine.p2p.bridge import Mode, TrioBridge
+from fabstir_tui.engine.p2p.component import P2PComponent
 from fabstir_tui.engine.p2p.frames import FrameError
 from fabstir_tui.engine.p2p.host import HostConfig, HostHandle
 from fabstir_tui.engine.p2p.messages import (
@@ -135,8 +136,11 @@ class P2PService:
         *,
         request_timeout_s: float = REQUEST_TIMEOUT_S,
         bridge_mode: Mode = "guest",
+        components: tuple[P2PComponent, ...] = (),
     ) -> None:
         self.config = config
+        self.components = components
+        self._components_scope: trio.CancelScope | None = None
         self._info_provider = info_provider
         self._bus = bus
         self._log = log
@@ -192,6 +196,10 @@ class P2PService:
         try:
             self._handle = await HostHandle.start(self._bridge, host_config)
             await self._bridge.run(self._register, self._handle.host)
+            if self.components:
+                self._components_scope = await self._bridge.start_service(
+                    self._run_components, self._handle.host
+                )
         except BaseException:
             await self.stop()
             raise
@@ -206,12 +214,36 @@ class P2PService:
         self._stopped = True
         handle, self._handle = self._handle, None
         try:
+            scope, self._components_scope = self._components_scope, None
+            if scope is not None and self._bridge.running:
+                await self._bridge.run(_cancel_scope, scope)
             if handle is not None:
                 await handle.stop()
         finally:
             await self._bridge.stop()
 
+    @property
+    def bridge(self) -> TrioBridge:
+        """The trio bridge the host runs in (for components and clients of the host)."""
+        return self._bridge
+
+    @property
+    def host(self) -> Any:
+        """The running libp2p host (trio side only), or None."""
+        return self._handle.host if self._handle is not None else None
+
     # --- trio side -----------------------------------------------------------------------
+
+    async def _run_components(
+        self, host: Any, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Attach every component inside one nursery that `stop` cancels before the host."""
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                for component in self.components:
+                    await component.attach(host, self._bridge, nursery)
+                task_status.started(scope)
+                await trio.sleep_forever()
 
     async def _register(self, host: Any) -> None:
         from libp2p.custom_types import TProtocol
@@ -277,3 +309,7 @@ class P2PService:
 
     async def _provide(self) -> InfoResponse:
         return self._info_provider()
+
+
+async def _cancel_scope(scope: trio.CancelScope) -> None:
+    scope.cancel()
