@@ -25,6 +25,7 @@ pytest:
 bench: bootstrap
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/chain.py --events 50
+	$(BIN)/python bench/p2p.py --burst 150
 
 contracts: bootstrap
 	node scripts/compile-contracts.mjs

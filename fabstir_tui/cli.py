@@ -121,6 +121,10 @@ def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: b
         named = base.sources.get("paths.models_dirs", "default") != "default"
         dirs = [*base.config.paths.models_dirs, model.parent] if named else [model.parent]
         extra = {"paths.models_dirs": dirs}
+        if base.sources.get("p2p.enabled", "default") == "default":
+            # The Peers screen and the job protocol on loopback only: nothing leaves the machine.
+            extra["p2p.enabled"] = True
+            extra["p2p.listen_addrs"] = ["/ip4/127.0.0.1/tcp/0"]
         demo_dir = base.config.paths.data_dir
         if "paths.data_dir" not in ctx.obj.cli:
             demo_dir = demo_dir / "demo"
@@ -321,6 +325,35 @@ def p2p_info_cmd(ctx: click.Context, multiaddr: str, as_json: bool, timeout_s: f
     from fabstir_tui.commands.p2p import p2p_info
 
     ctx.exit(p2p_info(multiaddr, as_json, timeout_s))
+
+
+@p2p_group.command("find")
+@click.argument("model")
+@click.option(
+    "--bootstrap",
+    "bootstrap",
+    multiple=True,
+    help="Peer to join the DHT through (multiaddr with /p2p/<id>); repeatable. "
+    "Default: p2p.bootstrap from the config.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds for the whole lookup, dials included.",
+)
+@click.pass_context
+def p2p_find_cmd(
+    ctx: click.Context, model: str, bootstrap: tuple[str, ...], as_json: bool, timeout_s: float
+) -> None:
+    """Hosts serving MODEL (64-hex model id, 0x optional, or a GGUF file to hash), from the DHT."""
+    from fabstir_tui.commands.p2p import p2p_find
+
+    peers = list(bootstrap) if bootstrap else list(_config(ctx).p2p.bootstrap)
+    ctx.exit(p2p_find(model, peers, as_json, timeout_s))
 
 
 main_group.add_command(keys_group)

@@ -1,4 +1,5 @@
-"""Ask another node over libp2p: `query_info` on `/fabstir/info/1.0.0`.
+"""Ask another node over libp2p: `query_info` on `/fabstir/info/1.0.0`, and the pieces the
+job client (p2p_job.py) shares: address parsing, stream opening, typed refusals.
 
 Each call runs its own TrioBridge (thread mode when a guest run already owns this loop)
 and a throwaway host with a fresh in-memory ed25519 identity, so nothing is written to disk
@@ -17,6 +18,7 @@ from fabstir_tui.engine.p2p.frames import FrameError
 from fabstir_tui.engine.p2p.host import HostConfig, running_host
 from fabstir_tui.engine.p2p.messages import (
     INFO_PROTOCOL,
+    ErrorCode,
     InfoRequest,
     InfoResponse,
     parse_error,
@@ -33,6 +35,15 @@ class P2PClientError(Exception):
 
 class P2PAddressError(P2PClientError, ValueError):
     """The multiaddr is malformed or lacks the /p2p/<peer id> part."""
+
+
+class P2PRefused(P2PClientError):
+    """The peer answered with an error frame: `code` (an ErrorCode) and its `reason`."""
+
+    def __init__(self, peer_id: str, code: str, reason: str) -> None:
+        super().__init__(f"peer {peer_id} refused: {code}: {reason}")
+        self.code = code
+        self.reason = reason
 
 
 def parse_peer_addr(addr: str) -> tuple[Any, str]:
@@ -81,13 +92,7 @@ async def _query_info(info: Any, peer_id: str, timeout_s: float) -> InfoResponse
     config = HostConfig(Path("/nonexistent/unused-identity"), _CLIENT_LISTEN)
     try:
         async with running_host(config, create_new_key_pair()) as host:
-            try:
-                with trio.fail_after(timeout_s):
-                    return await _ask(host, info, peer_id)
-            except trio.TooSlowError:
-                raise P2PClientError(
-                    f"peer {peer_id} did not answer within {timeout_s:g} s"
-                ) from None
+            return await ask_info(host, info, peer_id, timeout_s)
     except BaseExceptionGroup as group:  # the host's nursery wraps what its block raised
         ours, _rest = group.split(P2PClientError)
         if ours is None:
@@ -103,7 +108,9 @@ def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
     return first
 
 
-async def _ask(host: Any, info: Any, peer_id: str) -> InfoResponse:
+async def open_stream(host: Any, info: Any, peer_id: str, protocol: str) -> Any:
+    """Trio side: connect (a no-op when already connected) and open `protocol`, or
+    P2PClientError saying which of the two failed."""
     from libp2p.custom_types import TProtocol
 
     try:
@@ -112,11 +119,24 @@ async def _ask(host: Any, info: Any, peer_id: str) -> InfoResponse:
         addrs = ", ".join(str(a) for a in info.addrs)
         raise P2PClientError(f"peer {peer_id} is unreachable at {addrs}: {_why(exc)}") from None
     try:
-        stream = await host.new_stream(info.peer_id, [TProtocol(INFO_PROTOCOL)])
+        return await host.new_stream(info.peer_id, [TProtocol(protocol)])
     except Exception as exc:
         raise P2PClientError(
-            f"peer {peer_id} would not open {INFO_PROTOCOL} (not supported?): {_why(exc)}"
+            f"peer {peer_id} would not open {protocol} (not supported?): {_why(exc)}"
         ) from None
+
+
+def refusal(peer_id: str, frame: dict[str, Any]) -> P2PRefused:
+    """The typed error for a host's error frame (a malformed one still says so)."""
+    try:
+        err = parse_error(frame)
+    except FrameError as exc:
+        return P2PRefused(peer_id, ErrorCode.MALFORMED, f"unreadable error frame: {exc}")
+    return P2PRefused(peer_id, err.code, err.message)
+
+
+async def _ask(host: Any, info: Any, peer_id: str) -> InfoResponse:
+    stream = await open_stream(host, info, peer_id, INFO_PROTOCOL)
     try:
         try:
             await write_frame(stream, InfoRequest().to_frame())
@@ -127,13 +147,21 @@ async def _ask(host: Any, info: Any, peer_id: str) -> InfoResponse:
             raise P2PClientError(f"the stream to peer {peer_id} failed: {_why(exc)}") from None
         if frame is None:
             raise P2PClientError(f"peer {peer_id} closed the stream without answering")
+        if frame.get("t") == "error":
+            raise refusal(peer_id, frame)
         try:
-            if frame.get("t") == "error":
-                err = parse_error(frame)
-                raise P2PClientError(f"peer {peer_id} refused: {err.code}: {err.message}")
             return parse_info(frame)
         except FrameError as exc:
             raise P2PClientError(f"peer {peer_id} sent an invalid info answer: {exc}") from None
     finally:
         with trio.CancelScope(shield=True):
             await close_quietly(stream)
+
+
+async def ask_info(host: Any, info: Any, peer_id: str, timeout_s: float) -> InfoResponse:
+    """Trio side: one info request from an already running host, bounded by `timeout_s`."""
+    try:
+        with trio.fail_after(timeout_s):
+            return await _ask(host, info, peer_id)
+    except trio.TooSlowError:
+        raise P2PClientError(f"peer {peer_id} did not answer within {timeout_s:g} s") from None

@@ -213,6 +213,68 @@ class OperatorActionRecorded(Event):
     outcome: str
 
 
+# --- peers (the P2P peer book) ---------------------------------------------------------
+
+PeerDirection = Literal["inbound", "outbound", "unknown"]
+# pending: not asked yet; ok: answered; unsupported: the peer does not speak the info protocol
+# (asked again only after it reconnects); failed: asked and no usable answer (retried later).
+InfoState = Literal["pending", "ok", "unsupported", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerModel:
+    """One model a peer offers, as its info answer or its latest announcement priced it."""
+
+    id: str
+    name: str
+    price_per_million: int
+    price_token: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerView:
+    """Everything the node knows about one peer at one instant; wall-clock times."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+    direction: PeerDirection
+    connected: bool
+    first_seen: float
+    last_seen: float
+    ping_ms: float | None = None
+    ping_error: str = ""
+    info_state: InfoState = "pending"
+    info_error: str = ""
+    info_queries: int = 0
+    info_at: float | None = None
+    models: tuple[PeerModel, ...] = ()
+    version: str = ""
+    api_url: str = ""
+    chain_address: str = ""
+    gpu_name: str = ""
+    gpu_vram_mib: int | None = None
+    gpu_count: int = 0
+    max_jobs: int | None = None
+    active_jobs: int | None = None
+    announced_at: float | None = None
+
+    def lowest_price(self) -> PeerModel | None:
+        """The cheapest model offered, for the one-column price summary."""
+        return min(self.models, key=lambda m: m.price_per_million, default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class PeersChanged(Event):
+    """The whole peer book (connected first); `inbound_seen` says another node dialled us."""
+
+    peers: tuple[PeerView, ...]
+    inbound_seen: bool = False
+
+    @property
+    def connected_count(self) -> int:
+        return sum(1 for p in self.peers if p.connected)
+
+
 # --- the bus ------------------------------------------------------------------------------
 
 

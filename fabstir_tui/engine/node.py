@@ -27,6 +27,7 @@ from fabstir_tui.engine.events import (
     ModelInfo,
     NodeStateChanged,
     OperatorActionRecorded,
+    PeerView,
 )
 from fabstir_tui.engine.inference.manager import ModelManager
 from fabstir_tui.engine.inference.registry import ModelRegistry
@@ -37,12 +38,19 @@ from fabstir_tui.engine.inference.stream import (
     TokenStream,
 )
 from fabstir_tui.engine.p2p.messages import InfoResponse
+from fabstir_tui.engine.p2p.peer_book import PeerBook
+from fabstir_tui.engine.p2p.peer_probe import ProbeError, dial, hang_up
 from fabstir_tui.engine.p2p.service import P2PService, P2PStatus, node_info, package_version
 from fabstir_tui.engine.p2p.wiring import node_components
 from fabstir_tui.engine.store import Store
 from fabstir_tui.engine.telemetry.service import TelemetryService
 
 NodeState = Literal["starting", "running", "stopping", "stopped", "failed"]
+PEER_DIAL_TIMEOUT_S = 15.0
+
+
+class PeerCommandError(Exception):
+    """An operator's connect/disconnect could not be done; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +82,7 @@ class Node:
         self._registry: ModelRegistry | None = None
         self._chain: ChainService | None = None
         self._p2p: P2PService | None = None
+        self.peer_book = PeerBook(config.p2p, self.bus)
         self._lock: DataDirLock | None = None
         self._logs: deque[LogRecorded] = deque(maxlen=5000)
         self._audit: deque[OperatorActionRecorded] = deque(maxlen=1000)
@@ -151,6 +160,61 @@ class Node:
     def p2p_status(self) -> P2PStatus | None:
         """Our peer id and dialable listen addresses, or None when P2P is not running."""
         return self._p2p.status() if self._p2p is not None else None
+
+    # --- peers ----------------------------------------------------------------------------
+
+    def peers(self) -> tuple[PeerView, ...]:
+        """The newest peer book snapshot (connected peers first); empty while P2P is off."""
+        return self.peer_book.snapshot()
+
+    def p2p_reachable(self) -> bool:
+        """True once another node dialled us: evidence our listen address is reachable."""
+        return self.peer_book.inbound_seen
+
+    def _p2p_refusal(self) -> str | None:
+        if not self.config.p2p.enabled:
+            return "P2P is off (set p2p.enabled = true in the config)"
+        if self._p2p is None or self._p2p.host is None:
+            return "P2P is not running (it failed to start or the node is stopped; see the log)"
+        return None
+
+    async def connect_peer(self, multiaddr: str) -> str:
+        """Dial a peer by its full multiaddr (with /p2p/<id>); returns its peer id. Audited."""
+        from fabstir_tui.client.p2p import P2PAddressError, parse_peer_addr
+
+        refusal = self._p2p_refusal()
+        if refusal is not None:
+            self.record_action("connect peer", multiaddr, f"refused: {refusal}")
+            raise PeerCommandError(refusal)
+        try:
+            _info, peer_id = parse_peer_addr(multiaddr)
+        except P2PAddressError as exc:
+            self.record_action("connect peer", multiaddr, f"refused: {exc}")
+            raise PeerCommandError(str(exc)) from None
+        service = self._p2p
+        assert service is not None
+        try:
+            await service.bridge.run(dial, service.host, multiaddr, PEER_DIAL_TIMEOUT_S)
+        except ProbeError as exc:
+            self.record_action("connect peer", multiaddr, f"failed: {exc}")
+            raise PeerCommandError(f"could not connect to {peer_id}: {exc}") from None
+        self.record_action("connect peer", multiaddr, "connected")
+        return peer_id
+
+    async def disconnect_peer(self, peer_id: str) -> None:
+        """Close our connection to a peer (it may dial again). Audited."""
+        refusal = self._p2p_refusal()
+        if refusal is not None:
+            self.record_action("disconnect peer", peer_id, f"refused: {refusal}")
+            raise PeerCommandError(refusal)
+        service = self._p2p
+        assert service is not None
+        try:
+            await service.bridge.run(hang_up, service.host, peer_id)
+        except ProbeError as exc:
+            self.record_action("disconnect peer", peer_id, f"failed: {exc}")
+            raise PeerCommandError(str(exc)) from None
+        self.record_action("disconnect peer", peer_id, "disconnected")
 
     async def stop(self) -> None:
         """Stop every service even when one of them fails to stop, then close the store."""

@@ -92,8 +92,19 @@ def _m3_market(db: sqlite3.Connection) -> None:
     )
 
 
+def _m4_request_nonces(db: sqlite3.Connection) -> None:
+    """Nonces of signed client requests already honoured (request_auth.py), against replay.
+    The nonce is decimal TEXT (a uint256); expiry (unix s) lets expired rows be swept."""
+    db.execute(
+        """CREATE TABLE request_nonces (
+             signer TEXT NOT NULL, nonce TEXT NOT NULL, expiry INTEGER NOT NULL,
+             PRIMARY KEY (signer, nonce))"""
+    )
+    db.execute("CREATE INDEX request_nonces_expiry ON request_nonces (expiry)")
+
+
 # Append only: never edit a migration that has shipped; add a new one.
-MIGRATIONS: tuple[Migration, ...] = (_m1_base, _m2_chain, _m3_market)
+MIGRATIONS: tuple[Migration, ...] = (_m1_base, _m2_chain, _m3_market, _m4_request_nonces)
 
 
 class StoreError(RuntimeError):

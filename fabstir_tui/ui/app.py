@@ -39,6 +39,7 @@ from fabstir_tui.ui.screens.earnings import EarningsScreen
 from fabstir_tui.ui.screens.help import HelpScreen, KeyRow
 from fabstir_tui.ui.screens.logs import LogsScreen
 from fabstir_tui.ui.screens.models import ModelsScreen
+from fabstir_tui.ui.screens.peers import PeersScreen
 from fabstir_tui.ui.screens.playground import PlaygroundScreen
 from fabstir_tui.ui.screens.quit_confirm import QuitScreen, RunningWork
 from fabstir_tui.ui.themes import DEFAULT_THEME, domain_defaults, load_themes, user_theme_dir
@@ -48,6 +49,7 @@ HANGUP_EXIT_GRACE_S = 10.0
 EVERYWHERE = "all screens (Playground: escape first)"
 SCREENS_BY_KEY = {
     "dashboard": "Dashboard",
+    "peers": "Peers",
     "models": "Models",
     "earnings": "Earnings",
     "logs": "Logs",
@@ -64,6 +66,7 @@ class FabstirApp(App[int]):
     COMMANDS = {FabstirCommands}
     BINDINGS = [
         Binding("1", "show('dashboard')", "Dash", tooltip="Dashboard"),
+        Binding("3", "show('peers')", "Peers"),
         Binding("4", "show('models')", "Models"),
         Binding("5", "show('earnings')", "Earn", tooltip="Earnings"),
         Binding("7", "show('logs')", "Logs"),
@@ -97,6 +100,7 @@ class FabstirApp(App[int]):
             self.register_theme(theme)
         self._theme_problem = self._pick_start_theme(config.ui.theme)
         self.add_mode("dashboard", partial(DashboardScreen, node))
+        self.add_mode("peers", partial(PeersScreen, node))
         self.add_mode("models", partial(ModelsScreen, node))
         self.add_mode("earnings", partial(EarningsScreen, node))
         self.add_mode("logs", partial(LogsScreen, node))
@@ -208,6 +212,7 @@ class FabstirApp(App[int]):
         ]
         rows.insert(-1, KeyRow("ctrl+p", "Command palette (every action)", "everywhere"))
         for screen, where in (
+            (PeersScreen, "Peers"),
             (ModelsScreen, "Models"),
             (PlaygroundScreen, "Playground"),
             (EarningsScreen, "Earnings"),

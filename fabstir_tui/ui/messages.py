@@ -103,6 +103,11 @@ class ChainStatus(EngineMessage[cev.ChainStatus], bubble=False, namespace="engin
         return isinstance(message, ChainStatus)
 
 
+class PeersChanged(EngineMessage[ev.PeersChanged], bubble=False, namespace="engine"):
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, PeersChanged)
+
+
 class TxSubmitted(EngineMessage[cev.TxSubmitted], bubble=False, namespace="engine"):
     pass
 
@@ -129,6 +134,7 @@ _MESSAGES: dict[type[ev.Event], Callable[[Any], EngineMessage[Any]]] = {
     ev.OperatorActionRecorded: OperatorActionRecorded,
     ev.NodeStateChanged: NodeStateChanged,
     cev.ChainStatus: ChainStatus,
+    ev.PeersChanged: PeersChanged,
     cev.TxSubmitted: TxSubmitted,
     cev.TxSettled: TxSettled,
 }

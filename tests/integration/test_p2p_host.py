@@ -105,6 +105,30 @@ async def test_trio_calls_back_into_asyncio(bridge: TrioBridge) -> None:
     assert loop_thread_results == [7]
 
 
+async def test_a_late_asyncio_result_after_the_trio_caller_left_is_dropped(
+    bridge: TrioBridge,
+) -> None:
+    finished = asyncio.Event()
+
+    async def stubborn() -> int:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # finishes after its trio caller has closed its channel
+        finished.set()
+        return 1
+
+    async def impatient() -> bool:
+        with trio.move_on_after(0.05) as scope:
+            await bridge.call_asyncio(stubborn)
+        return scope.cancelled_caught
+
+    assert await bridge.run(impatient)
+    await finished.wait()
+    await asyncio.sleep(0.05)  # let the late result cross into trio
+    assert await bridge.run(_add, 2, 2) == 4  # the trio run survived it
+
+
 async def test_service_failure_after_start_keeps_bridge(
     bridge: TrioBridge, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Iterator
 
@@ -95,3 +96,28 @@ async def test_a_refused_request_is_not_retried(chain: Anvil) -> None:
     finally:
         await pool.close()
     assert pool.failures == 0 and info.value.method == "eth_noSuchMethod"
+
+
+async def test_calls_do_not_wait_on_web3s_process_wide_session_lock(chain: Anvil) -> None:
+    """web3 8's async session cache leaks its class-level lock when a request is cancelled at
+    the wrong moment; from then on every web3 HTTP call in the process hangs. Ours must not
+    touch that lock: with it held (as a leak leaves it), both paths still answer."""
+    from web3._utils.http_session_manager import HTTPSessionManager
+
+    pool = RpcPool([chain.http_url])
+    lock = HTTPSessionManager._lock
+    assert lock.acquire(timeout=5)
+    try:
+        async with asyncio.timeout(30):
+            assert int(await pool.request("eth_chainId", []), 16) == 31337
+            assert await pool.web3().eth.chain_id == 31337  # contract calls' path
+            # and a cancelled request leaves the next one working
+            task = asyncio.create_task(pool.request("eth_blockNumber", []))
+            await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            assert int(await pool.request("eth_chainId", []), 16) == 31337
+    finally:
+        lock.release()
+        await pool.close()

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from eth_abi.abi import encode
 from follower_kit import AmbiguousSendRpc
-from web3 import AsyncHTTPProvider, AsyncWeb3, Web3
+from web3 import AsyncWeb3, Web3
 
 from fabstir_tui.config import ChainSection
 from fabstir_tui.engine.chain import Anvil
@@ -25,6 +25,7 @@ from fabstir_tui.engine.chain.deploy import Deployment, DeployParams, deploy_sui
 from fabstir_tui.engine.chain.events import TxSettled, TxSubmitted
 from fabstir_tui.engine.chain.fees import GAS_PRICE_ORACLE, GWEI
 from fabstir_tui.engine.chain.journal import JournalEntry
+from fabstir_tui.engine.chain.rpc_pool import OwnSessionHTTPProvider
 from fabstir_tui.engine.chain.sender import TxSender
 from fabstir_tui.engine.chain.txerrors import (
     CrashPointReached,
@@ -96,9 +97,13 @@ class Chain:
         """A fresh sender (its own web3 client) on this chain, or through a relay at `url`;
         `chain` overrides ChainSection."""
         url = url or self.anvil.http_url
-        provider = AsyncHTTPProvider(url)
+        # OwnSessionHTTPProvider: web3's own session cache can leak a process-wide lock.
+        # force_close as web3's sessions: a stopped anvil is then a refused connection.
+        provider = OwnSessionHTTPProvider(url, force_close=True)
         if not retries:
-            provider = AsyncHTTPProvider(url, exception_retry_configuration=None)
+            provider = OwnSessionHTTPProvider(
+                url, force_close=True, exception_retry_configuration=None
+            )
         w3 = AsyncWeb3(provider)
         settings = ChainSection(chain_id=31337, rpc_urls=[url], **chain)
         return TxSender(w3, anvil_key(index), store, settings, bus)
@@ -462,7 +467,7 @@ def closed_port() -> int:
 
 async def test_a_dead_rpc_url_gives_a_readable_error(store: Store) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
-    w3 = AsyncWeb3(AsyncHTTPProvider(url))
+    w3 = AsyncWeb3(OwnSessionHTTPProvider(url, force_close=True))
     sender = TxSender(w3, anvil_key(1), store, ChainSection(chain_id=31337, rpc_urls=[url]))
     with pytest.raises(RpcUnavailableError) as down:
         await sender.start()

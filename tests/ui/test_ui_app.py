@@ -187,6 +187,7 @@ async def test_help_lists_every_key(node_for: NodeFactory) -> None:
         rows = {(r.key, r.where) for r in help_screen.rows}
         for row in (
             ("1", EVERYWHERE),
+            ("3", EVERYWHERE),
             ("4", EVERYWHERE),
             ("5", EVERYWHERE),
             ("7", EVERYWHERE),
@@ -201,9 +202,12 @@ async def test_help_lists_every_key(node_for: NodeFactory) -> None:
             ("/", "Logs"),
             ("w", "Earnings"),
             ("g", "Earnings"),
+            ("/", "Peers"),
+            ("c", "Peers"),
+            ("d", "Peers"),
         ):
             assert row in rows
-        assert not any(r.key in ("2", "3", "6") for r in help_screen.rows)
+        assert not any(r.key in ("2", "6") for r in help_screen.rows)
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, DashboardScreen), "help closed")
 

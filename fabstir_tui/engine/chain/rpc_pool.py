@@ -92,7 +92,6 @@ class RpcPool:
         self.failback_s = failback_s
         self.on_switch = on_switch
         self._w3s = [self._make_w3(url) for url in self.urls]
-        self._sessions: dict[int, aiohttp.ClientSession] = {}
         self._index = 0
         self._switched_at = 0.0
         self.calls = 0
@@ -101,7 +100,7 @@ class RpcPool:
     def _make_w3(self, url: str) -> AsyncWeb3[AsyncHTTPProvider]:
         """web3's own retry loop is off: this pool decides when to retry and where."""
         timeout = aiohttp.ClientTimeout(total=self.timeout_s)
-        provider = AsyncHTTPProvider(
+        provider = OwnSessionHTTPProvider(
             url, request_kwargs={"timeout": timeout}, exception_retry_configuration=None
         )
         return AsyncWeb3(provider)
@@ -114,16 +113,6 @@ class RpcPool:
     def web3(self) -> AsyncWeb3[AsyncHTTPProvider]:
         """The AsyncWeb3 of the current endpoint, for callers that want web3's own API."""
         return self._w3s[self._index]
-
-    async def _session(self, index: int) -> None:
-        """A keep-alive session per endpoint (web3's default closes the socket every call)."""
-        if index in self._sessions:
-            return
-        session = aiohttp.ClientSession(
-            raise_for_status=True, timeout=aiohttp.ClientTimeout(total=self.timeout_s)
-        )
-        self._sessions[index] = session
-        await self._w3s[index].provider.cache_async_session(session)
 
     def _order(self) -> list[int]:
         """Current endpoint first; after failback_s on a fallback, the primary is retried."""
@@ -151,7 +140,6 @@ class RpcPool:
             for index in self._order():
                 url = self.urls[index]
                 try:
-                    await self._session(index)
                     provider = self._w3s[index].provider
                     # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel.
                     async with asyncio.timeout(self.timeout_s + 1.0):
@@ -206,13 +194,42 @@ class RpcPool:
 
     async def close(self) -> None:
         """Close the HTTP sessions this pool opened."""
-        for session in self._sessions.values():
-            with contextlib.suppress(Exception):
-                await session.close()
-        self._sessions.clear()
         for w3 in self._w3s:
             with contextlib.suppress(Exception):
-                await w3.provider.disconnect()
+                await cast(OwnSessionHTTPProvider, w3.provider).close_session()
+
+
+class OwnSessionHTTPProvider(AsyncHTTPProvider):
+    """AsyncHTTPProvider posting through a keep-alive aiohttp session of its own.
+
+    web3 8's session cache takes a process-wide threading.Lock, through an executor, on every
+    async request; a request cancelled while that acquire is pending leaves the lock held for
+    good, and every later web3 HTTP call in the process, sync ones too, hangs. Our status
+    refresh is cancelled on a timer, so the cache is bypassed rather than hoped around.
+    """
+
+    _own_session: aiohttp.ClientSession | None = None
+
+    def __init__(self, *args: Any, force_close: bool = False, **kwargs: Any) -> None:
+        """`force_close`: a new connection per request, as web3's own sessions do."""
+        super().__init__(*args, **kwargs)
+        self._force_close = force_close
+
+    async def _make_request(self, method: RPCEndpoint, request_data: bytes) -> bytes:
+        session = self._own_session
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(force_close=self._force_close)
+            session = aiohttp.ClientSession(raise_for_status=True, connector=connector)
+            self._own_session = session
+        kwargs = dict(self.get_request_kwargs())
+        async with session.post(str(self.endpoint_uri), data=request_data, **kwargs) as response:
+            return await response.read()
+
+    async def close_session(self) -> None:
+        """Close the keep-alive session (a later request opens a new one)."""
+        session, self._own_session = self._own_session, None
+        if session is not None:
+            await session.close()
 
 
 def rpc_error_fields(error: Any) -> tuple[int, str]:

@@ -177,10 +177,16 @@ class TrioBridge:
         send, recv = trio.open_memory_channel[outcome.Outcome[T]](math.inf)
         holder: list[asyncio.Future[T]] = []
 
+        def _deliver(result: outcome.Outcome[T]) -> None:
+            # The trio caller may have been cancelled and closed its end meanwhile; raising
+            # here, inside run_sync_soon, would end the whole trio run.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                send.send_nowait(result)
+
         def _back(task: asyncio.Future[T]) -> None:
             result: outcome.Outcome[T] = outcome.capture(task.result)
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(send.send_nowait, result)
+                token.run_sync_soon(_deliver, result)
 
         def _launch() -> None:
             task = asyncio.ensure_future(async_fn(*args))

@@ -2,8 +2,9 @@
 
 Persisted ed25519 identity (0600, written atomically), Noise only (a default host also accepts
 plaintext and secio), yamux only, one connection per peer (otherwise every dial waits 250 ms),
-and `host.close()` inside the `run()` block (leaving `run()` alone leaks sockets). libp2p is
-imported inside functions: `import libp2p` costs 1.4-1.8 s, so importing this module stays cheap.
+`host.close()` inside the `run()` block (leaving `run()` alone leaks sockets), and admission
+control for bursts of inbound handshakes (admission.py). libp2p is imported inside functions:
+`import libp2p` costs 1.4-1.8 s, so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -36,13 +37,20 @@ class HostConfig:
 
     identity_path: Path
     listen_addrs: Sequence[str] = ("/ip4/0.0.0.0/tcp/4001",)
-    # Negotiation limits, from config: a burst of newcomers failed on 10 s negotiation timeouts
-    # (FIELD-NOTES); multiselect is cut from the library's 30 s so an abandoned handshake frees
-    # its slot sooner. Admission control (issue 4 item 4) tunes these against measurements.
+    # Negotiation limits: multiselect is cut from the library's 30 s so an abandoned handshake
+    # frees its slot sooner. With admission control each inbound upgrade's 10 s starts at its
+    # turn, so a burst no longer runs them all past their limits together (admission.py).
     negotiate_timeout_s: int = 10
     upgrade_timeout_s: float = 10.0
     dial_timeout_s: float = 10.0
     max_connections: int = 300
+    # Admission control (admission.py): inbound upgrades run at most this many at once, the
+    # rest wait their turn up to `admission_queue_s`, and a newcomer keeps its slot until its
+    # first application stream is handled or `admission_settle_s` passes; None leaves the
+    # library's behaviour.
+    max_handshakes: int | None = 16
+    admission_queue_s: float = 30.0
+    admission_settle_s: float = 0.5
 
 
 def load_or_create_identity(path: Path) -> KeyPair:
@@ -102,7 +110,7 @@ def build_host(config: HostConfig, key_pair: KeyPair) -> IHost:
         inbound_upgrade_timeout=config.upgrade_timeout_s,
         outbound_upgrade_timeout=config.upgrade_timeout_s,
     )
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE_ID: noise},
         muxer_opt={TProtocol(YAMUX_ID): Yamux},
@@ -110,6 +118,29 @@ def build_host(config: HostConfig, key_pair: KeyPair) -> IHost:
         negotiate_timeout=config.negotiate_timeout_s,
         connection_config=connection,
     )
+    if config.max_handshakes is not None:
+        from fabstir_tui.engine.p2p.admission import InboundAdmission
+
+        admission = InboundAdmission(
+            config.max_handshakes, config.admission_queue_s, config.admission_settle_s
+        )
+        admission.install(host.get_network())
+    _without_auto_connect(host)
+    return host
+
+
+async def _no_auto_connect() -> None:
+    """Replaces the swarm's auto-connector round (see `_without_auto_connect`)."""
+
+
+def _without_auto_connect(host: IHost) -> None:
+    """libp2p 0.8.1 keeps 50-150 connections by dialling every peer in its peer store every
+    10-30 s; for a market node that means dialling back every client that ever visited (a
+    150-newcomer burst is followed by 150 failed dials) and re-dialling a peer the operator
+    disconnected. Our peers come from bootstrap, the DHT and mDNS, so its round is a no-op."""
+    connector = getattr(host.get_network(), "auto_connector", None)
+    if connector is not None:
+        connector.maybe_connect = _no_auto_connect
 
 
 @contextlib.asynccontextmanager

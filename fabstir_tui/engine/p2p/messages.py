@@ -282,8 +282,8 @@ def parse_info(frame: Any) -> InfoResponse:
 class JobRequest(_Frame):
     """One inference request: for an on-chain job or a session, exactly one of the two ids.
 
-    ``auth`` is the DESIGN §11.6 signed ``JobRequest`` (EIP-712), opaque here: the job
-    protocol verifies it, this module only checks that it is an object.
+    ``auth`` is the DESIGN §11.6 signed ``JobRequest`` (EIP-712) in request_auth.py's wire
+    form, opaque here: the job protocol verifies it, this module only checks it is an object.
     """
 
     T: ClassVar[str] = "job_request"

@@ -191,7 +191,9 @@ class P2PService:
         if self._stopped:
             raise RuntimeError("a P2PService starts once")
         p2p = self.config.p2p
-        host_config = HostConfig(self.identity_path, tuple(p2p.listen_addrs))
+        host_config = HostConfig(
+            self.identity_path, tuple(p2p.listen_addrs), max_handshakes=p2p.max_handshakes
+        )
         await self._bridge.start()
         try:
             self._handle = await HostHandle.start(self._bridge, host_config)

@@ -14,6 +14,7 @@ from fabstir_tui.engine.chain import events as cev
 from fabstir_tui.engine.node import Node, NodeSnapshot
 from fabstir_tui.ui import messages as msg
 from fabstir_tui.ui.bridge import EngineFeed
+from fabstir_tui.ui.peer_format import p2p_summary
 from fabstir_tui.ui.widgets.status_header import StatusHeader
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ HEADER_EVENTS: tuple[type[ev.Event], ...] = (
     ev.ModelWorkerDied,
     ev.ModelLoadFailed,
     cev.ChainStatus,
+    ev.PeersChanged,
 )
 
 
@@ -121,6 +123,7 @@ class LiveScreen(Screen[None]):
         header.read_only = snapshot.read_only
         header.node_state = snapshot.state
         header.chain_text = chain_summary(snapshot.chain)
+        self.draw_p2p(self.node.peer_book.latest)
         self.live_mount(snapshot)
         self.models_changed()
         self.draw_telemetry()
@@ -171,6 +174,21 @@ class LiveScreen(Screen[None]):
 
     def on_engine_node_state_changed(self, message: msg.NodeStateChanged) -> None:
         self.header.node_state = message.event.state
+        self.draw_p2p(self.node.peer_book.latest)  # P2P starts and stops with the node
+
+    def on_engine_peers_changed(self, message: msg.PeersChanged) -> None:
+        self.draw_p2p(message.event)
+
+    def draw_p2p(self, peers: ev.PeersChanged) -> None:
+        """The header's P2P segment: peer count, reachability as far as known, listen address."""
+        node = self.node
+        self.header.p2p_text = p2p_summary(
+            node.config.p2p.enabled,
+            node.p2p_status(),
+            node.state,
+            peers.connected_count,
+            peers.inbound_seen,
+        )
 
     def on_engine_model_loaded(self, message: msg.ModelLoaded) -> None:
         model = message.event.model

@@ -77,6 +77,7 @@ class StatusHeader(Widget):
     gpu_text: reactive[str] = reactive("GPU …")
     host_text: reactive[str] = reactive("")
     chain_text: reactive[str] = reactive("")
+    p2p_text: reactive[str] = reactive("")
 
     def segments(self) -> list[Segment]:
         """The segments in display order; later node parts add theirs here."""
@@ -91,6 +92,8 @@ class StatusHeader(Widget):
             segments.append(Segment(self.host_text))
         if self.chain_text:
             segments.append(Segment(self.chain_text))
+        if self.p2p_text:
+            segments.append(Segment(self.p2p_text))
         return segments
 
     def render(self) -> Content:
