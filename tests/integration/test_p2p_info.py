@@ -263,3 +263,17 @@ async def test_service_dials_bootstrap_peers(node: Node, tmp_path: Path) -> None
         await other.stop()
         await other.stop()
     assert other.status() is None
+
+
+async def test_library_warnings_go_to_the_node_log_not_stderr(
+    node: Node, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    logging.getLogger("libp2p.kad_dht.peer_routing").warning("Failed to open stream\n  Error: na")
+    async with asyncio.timeout(10):
+        while not any(r.source == "libp2p" for r in node.recent_logs()):
+            await asyncio.sleep(0.01)
+    [record] = [r for r in node.recent_logs() if r.source == "libp2p"]
+    assert record.level == "debug" and record.message == "Failed to open stream"
+    assert "Failed to open stream" not in capsys.readouterr().err

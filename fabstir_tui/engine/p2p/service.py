@@ -9,6 +9,7 @@ the provider may read Node state without locks in both bridge modes.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import logging
 import re
@@ -116,6 +117,40 @@ def node_info(
     )
 
 
+class LibraryLogForwarder(logging.Handler):
+    """libp2p's own warnings (a client that does not speak our DHT, a peer gone mid-stream)
+    go to the node's log at debug level instead of stderr, where they would print over the
+    TUI and fill the headless log with multi-line reports about other people's peers."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, log: Callable[[LogLevel, str, str], None]
+    ) -> None:
+        super().__init__(logging.WARNING)
+        self._loop = loop
+        self._forward = log
+        self._logger = logging.getLogger("libp2p")
+
+    def attach(self) -> None:
+        """Handle the library's logger: it does not propagate, so without a handler of its own
+        Python's last-resort handler prints it to stderr. Importing libp2p clears the logger's
+        handlers (libp2p.utils.logging), so the import comes first."""
+        import libp2p  # noqa: F401
+
+        self._logger.addHandler(self)
+
+    def detach(self) -> None:
+        """Stop forwarding (a stopped node's loop may be gone)."""
+        self._logger.removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Forward the first line, on the loop's thread (libp2p may log from a trio thread)."""
+        try:
+            first = record.getMessage().strip().splitlines()[0][:300] if record.msg else ""
+            self._loop.call_soon_threadsafe(self._forward, "debug", "libp2p", first)
+        except Exception:  # a closed loop or an odd record: a log line is not worth a crash
+            pass
+
+
 @dataclass(frozen=True, slots=True)
 class P2PStatus:
     """What the operator needs to hand out: the peer id and the dialable addresses."""
@@ -148,6 +183,7 @@ class P2PService:
         self._bridge = TrioBridge(mode=bridge_mode)
         self._handle: HostHandle | None = None
         self._stopped = False
+        self._library_log: LibraryLogForwarder | None = None
 
     @property
     def identity_path(self) -> Path:
@@ -190,6 +226,8 @@ class P2PService:
         background; on failure everything started is stopped again and the error raised."""
         if self._stopped:
             raise RuntimeError("a P2PService starts once")
+        self._library_log = LibraryLogForwarder(asyncio.get_running_loop(), self._log)
+        self._library_log.attach()
         p2p = self.config.p2p
         host_config = HostConfig(
             self.identity_path, tuple(p2p.listen_addrs), max_handshakes=p2p.max_handshakes
@@ -214,6 +252,8 @@ class P2PService:
         if self._stopped:
             return
         self._stopped = True
+        if self._library_log is not None:
+            self._library_log.detach()
         handle, self._handle = self._handle, None
         try:
             scope, self._components_scope = self._components_scope, None
