@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from fabstir_tui.engine.p2p.info_record import InfoRecordError, info_record_key, verify_info_record
-from fabstir_tui.engine.p2p.messages import INFO_PROTOCOL, InfoRequest, InfoResponse, parse_info
-from fabstir_tui.engine.p2p.streams import close_quietly, frame_reader, write_frame
+from fabstir_tui.engine.p2p.messages import InfoResponse
+from fabstir_tui.engine.p2p.peer_probe import ProbeError, query_peer_info
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -145,19 +145,10 @@ async def _describe(
 
 async def _ask_info(host: IHost, peer: str) -> InfoResponse | None:
     """The peer's answer on the info protocol, or None when it cannot give one."""
-    from libp2p.custom_types import TProtocol
     from libp2p.peer.id import ID
 
-    stream = None
     try:
-        stream = await host.new_stream(ID.from_base58(peer), [TProtocol(INFO_PROTOCOL)])
-        await write_frame(stream, InfoRequest().to_frame())
-        frame = await frame_reader(stream).read_frame()
-        return parse_info(frame) if frame is not None else None
-    except Exception as exc:  # unreachable, refused or malformed: the caller reports "none"
+        return await query_peer_info(host, ID.from_base58(peer), LOOKUP_QUERY_TIMEOUT_S)
+    except ProbeError as exc:  # unreachable, refused or malformed: the caller reports "none"
         _log.debug("info query to %s failed: %s", peer, exc)
         return None
-    finally:
-        if stream is not None:
-            with trio.CancelScope(shield=True):
-                await close_quietly(stream)
