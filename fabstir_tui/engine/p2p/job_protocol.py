@@ -43,7 +43,7 @@ from fabstir_tui.engine.p2p.request_auth import (
     NonceBook,
     RequestVerifier,
 )
-from fabstir_tui.engine.p2p.streams import close_quietly, frame_reader, write_frame
+from fabstir_tui.engine.p2p.streams import frame_reader, serve_guarded, write_frame
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -116,13 +116,7 @@ class JobProtocol:
 
     async def _handle(self, stream: Any) -> None:
         """One request on one stream; never raises (cancellation passes through)."""
-        try:
-            await self._serve(stream)
-        except Exception as exc:  # must not escape into the trio nursery
-            _log.debug("job stream ended with %s: %s", type(exc).__name__, exc)
-        finally:
-            with trio.CancelScope(shield=True):
-                await close_quietly(stream)
+        await serve_guarded(stream, self._serve, JOB_PROTOCOL)
 
     async def _serve(self, stream: Any) -> None:
         bridge = self._bridge

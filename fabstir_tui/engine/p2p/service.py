@@ -38,7 +38,7 @@ from fabstir_tui.engine.p2p.messages import (
     error_frame_for,
     parse_info_request,
 )
-from fabstir_tui.engine.p2p.streams import close_quietly, frame_reader, write_frame
+from fabstir_tui.engine.p2p.streams import frame_reader, serve_guarded, write_frame
 
 if TYPE_CHECKING:
     from fabstir_tui.config import Config
@@ -319,13 +319,7 @@ class P2PService:
 
     async def _handle_info(self, stream: Any) -> None:
         """One request, one answer, close; never raises (but lets cancellation through)."""
-        try:
-            await self._answer_info(stream)
-        except Exception as exc:  # must not escape into the trio nursery
-            _log.debug("info stream ended with %s: %s", type(exc).__name__, exc)
-        finally:
-            with trio.CancelScope(shield=True):
-                await close_quietly(stream)
+        await serve_guarded(stream, self._answer_info, INFO_PROTOCOL)
 
     async def _answer_info(self, stream: Any) -> None:
         reader = frame_reader(stream, read_timeout_s=self.request_timeout_s)

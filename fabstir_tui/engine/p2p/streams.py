@@ -9,11 +9,15 @@ sends one cannot hold a handler forever; the deadline surfaces as `trio.TooSlowE
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from fabstir_tui.engine.p2p.frames import MAX_FRAME_BYTES, FrameReader, encode_frame
+
+_log = logging.getLogger(__name__)
 
 
 class StreamSource:
@@ -68,3 +72,17 @@ async def close_quietly(stream: Any, *, timeout_s: float = 5.0) -> None:
             pass
     with contextlib.suppress(Exception), trio.move_on_after(1.0):
         await stream.reset()
+
+
+async def serve_guarded(
+    stream: Any, serve: Callable[[Any], Awaitable[None]], protocol: str
+) -> None:
+    """Run a stream handler so that it never raises into the host's nursery (an escaping
+    exception could end the trio run); cancellation passes; the stream is always closed."""
+    try:
+        await serve(stream)
+    except Exception as exc:  # a peer's misbehaviour or our bug: logged, never fatal
+        _log.debug("%s stream ended with %s: %s", protocol, type(exc).__name__, exc)
+    finally:
+        with trio.CancelScope(shield=True):
+            await close_quietly(stream)
