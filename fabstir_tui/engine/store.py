@@ -103,8 +103,50 @@ def _m4_request_nonces(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX request_nonces_expiry ON request_nonces (expiry)")
 
 
+def _m5_jobs(db: sqlite3.Connection) -> None:
+    """The job pipeline (engine/jobs/book.py): each job's state, its side effects written as
+    pending before they are sent, and every transition, so a restart resumes where it stood."""
+    db.execute(
+        """CREATE TABLE jobs (
+             kind TEXT NOT NULL, chain_id INTEGER NOT NULL, contract TEXT NOT NULL,
+             job_id TEXT NOT NULL, state TEXT NOT NULL, model_id TEXT, client TEXT,
+             max_tokens INTEGER, price TEXT, deadline INTEGER, prompt_hash TEXT,
+             output_hash TEXT, receipt_root TEXT, tokens_used INTEGER,
+             tx_hashes TEXT NOT NULL DEFAULT '{}', created_at REAL NOT NULL,
+             updated_at REAL NOT NULL, PRIMARY KEY (kind, chain_id, contract, job_id))"""
+    )
+    db.execute("CREATE INDEX jobs_state ON jobs (kind, state)")
+    db.execute(
+        """CREATE TABLE job_transitions (
+             id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, chain_id INTEGER NOT NULL,
+             contract TEXT NOT NULL, job_id TEXT NOT NULL, from_state TEXT,
+             to_state TEXT NOT NULL, effect_id INTEGER, at REAL NOT NULL)"""
+    )
+    db.execute(
+        "CREATE INDEX job_transitions_job ON job_transitions (kind, chain_id, contract, job_id)"
+    )
+    db.execute(
+        """CREATE TABLE job_effects (
+             id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, chain_id INTEGER NOT NULL,
+             contract TEXT NOT NULL, job_id TEXT NOT NULL, action TEXT NOT NULL,
+             detail TEXT NOT NULL, tx_hash TEXT, status TEXT NOT NULL, result TEXT,
+             created_at REAL NOT NULL, done_at REAL)"""
+    )
+    # At most one pending effect per job: the book refuses to stack a second one.
+    db.execute(
+        """CREATE UNIQUE INDEX job_effects_one_pending
+             ON job_effects (kind, chain_id, contract, job_id) WHERE status = 'pending'"""
+    )
+
+
 # Append only: never edit a migration that has shipped; add a new one.
-MIGRATIONS: tuple[Migration, ...] = (_m1_base, _m2_chain, _m3_market, _m4_request_nonces)
+MIGRATIONS: tuple[Migration, ...] = (
+    _m1_base,
+    _m2_chain,
+    _m3_market,
+    _m4_request_nonces,
+    _m5_jobs,
+)
 
 
 class StoreError(RuntimeError):
