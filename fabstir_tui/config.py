@@ -180,6 +180,31 @@ class P2pSection(_Section):
         return value
 
 
+class JobsSection(_Section):
+    """How work is approved: by the operator (manual) or by these rules (auto)."""
+
+    mode: Literal["manual", "auto"] = "manual"
+    dry_run: bool = Field(default=False, description="log what auto would do, do nothing")
+    price_floor: int = Field(
+        default=0, ge=0, description="per million tokens, base units; 0 = any price"
+    )
+    max_tokens_cap: int = Field(default=4096, ge=1, description="largest max_tokens accepted")
+    client_allow: list[str] = Field(default_factory=list, description="empty = any client")
+    client_deny: list[str] = Field(default_factory=list, description="beats client_allow")
+    gpu_temp_limit_c: float | None = Field(default=None, gt=0, le=150)
+    max_queue_depth: int = Field(default=8, ge=1, le=10_000)
+    prompt_delivery_s: float = Field(default=60.0, gt=0, le=3600, description="DESIGN 11.8")
+
+    @field_validator("client_allow", "client_deny", mode="after")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        """Stored lower-case so allow/deny compare case-insensitively with chain addresses."""
+        for address in value:
+            if not re.fullmatch(r"0x[0-9a-fA-F]{40}", address):
+                raise ValueError(f"{address!r} is not an address (0x followed by 40 hex digits)")
+        return [address.lower() for address in value]
+
+
 class UiSection(_Section):
     theme: str = "fabstir-dark"
     refresh_hz: float = Field(default=2.0, gt=0, le=30)
@@ -194,6 +219,7 @@ class Config(_Section):
     telemetry: TelemetrySection = Field(default_factory=TelemetrySection)
     chain: ChainSection = Field(default_factory=ChainSection)
     p2p: P2pSection = Field(default_factory=P2pSection)
+    jobs: JobsSection = Field(default_factory=JobsSection)
     ui: UiSection = Field(default_factory=UiSection)
 
 

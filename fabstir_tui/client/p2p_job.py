@@ -39,7 +39,9 @@ from fabstir_tui.engine.p2p.messages import (
     TokenFrame,
     parse_job_reply,
 )
+from fabstir_tui.engine.p2p.receipt_protocol import RECEIPT_PROTOCOL
 from fabstir_tui.engine.p2p.streams import close_quietly, frame_reader, write_frame
+from fabstir_tui.engine.proofs import ReceiptError, SignedReceipt, parse_receipt
 
 _CLIENT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
 JobEvent = TokenFrame | EndFrame
@@ -112,6 +114,19 @@ class P2PClient:
         limit = self.timeout_s if timeout_s is None else timeout_s
         response: InfoResponse = await self._bridge.run(ask_info, host, info, peer_id, limit)
         return response
+
+    async def receipt(
+        self, multiaddr: str, receipt_hash: str, *, timeout_s: float | None = None
+    ) -> SignedReceipt:
+        """The host's stored receipt with this hash over `/fabstir/receipt/1.0.0` (parsed, not
+        verified: call `verify_receipt`); P2PRefused (e.g. ``not_found``) when it has none."""
+        host = self._require_host()
+        info, peer_id = parse_peer_addr(multiaddr)
+        limit = self.timeout_s if timeout_s is None else timeout_s
+        signed: SignedReceipt = await self._bridge.run(
+            _receipt_on, host, info, peer_id, receipt_hash, limit
+        )
+        return signed
 
     async def job(
         self, multiaddr: str, request: JobRequest, *, timeout_s: float | None = None
@@ -233,3 +248,42 @@ async def _job_on(
             else:
                 with contextlib.suppress(Exception), trio.move_on_after(2):
                     await stream.reset()
+
+
+async def _receipt_on(
+    host: Any, info: Any, peer_id: str, receipt_hash: str, timeout_s: float
+) -> SignedReceipt:
+    """Ask for one receipt on a new stream; the parsed receipt or a P2PClientError."""
+    try:
+        with trio.fail_after(timeout_s):
+            stream = await open_stream(host, info, peer_id, RECEIPT_PROTOCOL)
+    except trio.TooSlowError:
+        raise P2PClientError(
+            f"peer {peer_id} did not open a receipt stream in {timeout_s:g} s"
+        ) from None
+    try:
+        request = {"v": 1, "t": "receipt_request", "hash": receipt_hash}
+        await write_frame(stream, request, timeout_s=timeout_s)
+        raw = await frame_reader(stream, read_timeout_s=timeout_s).read_frame()
+    except trio.TooSlowError:
+        raise P2PClientError(f"peer {peer_id} did not answer in {timeout_s:g} s") from None
+    except FrameError as exc:
+        raise P2PClientError(f"peer {peer_id} sent an unreadable frame: {exc}") from None
+    except Exception as exc:  # a reset or a dropped connection
+        raise P2PClientError(f"the receipt stream to peer {peer_id} failed: {exc}") from None
+    finally:
+        with trio.CancelScope(shield=True):
+            await close_quietly(stream)
+    if not isinstance(raw, dict):
+        raise P2PClientError(f"peer {peer_id} closed the receipt stream without answering")
+    if raw.get("t") == "error":
+        raise refusal(peer_id, raw)
+    if raw.get("v") != 1 or raw.get("t") != "receipt":
+        raise P2PClientError(f"peer {peer_id} sent a {raw.get('t')!r} frame, not a receipt")
+    body = raw.get("receipt")
+    if not isinstance(body, dict):
+        raise P2PClientError(f"peer {peer_id} sent a receipt frame without a receipt object")
+    try:
+        return parse_receipt(body)
+    except ReceiptError as exc:
+        raise P2PClientError(f"peer {peer_id} sent an invalid receipt: {exc}") from None

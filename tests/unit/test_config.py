@@ -192,7 +192,7 @@ def test_unknown_section_and_key_in_file(tmp_path: Path, no_default: Path) -> No
     section_msg, key_msg = problems(excinfo)
     assert section_msg.startswith(f"file {cfg}: [inferense] is not a known section")
     assert "did you mean inference?" in section_msg
-    assert "node, paths, inference, telemetry, chain, p2p, ui" in section_msg
+    assert "node, paths, inference, telemetry, chain, p2p, jobs, ui" in section_msg
     assert key_msg.startswith(f"file {cfg}: ui.them is not a known setting")
     assert "did you mean theme?" in key_msg
     assert "theme, refresh_hz" in key_msg

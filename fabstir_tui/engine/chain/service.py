@@ -368,6 +368,12 @@ class ChainService:
 
     # --- operator actions -----------------------------------------------------------------
 
+    def signing_account(self) -> LocalAccount | None:
+        """The unlocked node key (to sign receipts), or None while locked or read-only."""
+        if self.read_only or self.sender is None:
+            return None
+        return self.sender.account
+
     def refusal(self) -> str | None:
         """Why nothing can be signed now, or None when the node may sign."""
         try:

@@ -5,7 +5,8 @@ on ``p2p.job_allowlist`` (until the job pipeline exists nobody else is served: n
 inference by accident), checks a signed ``auth`` when one is sent, maps the model id (the
 GGUF's SHA-256, as /fabstir/info advertises it) to a loaded model and streams the
 generation: a ``tokens`` frame at most every 50 ms (one per batch, not one per token), then
-``end`` with the usage. A peer that goes away cancels its generation, freeing the slot.
+``end`` with the usage and, when the node key is unlocked, the signed receipt
+(receipt_protocol.py). A peer that goes away cancels its generation, freeing the slot.
 
 The trio handler pulls each batch across the bridge (`call_asyncio(next_batch)`); the
 engine side (model lookup, auth, TokenStream) runs on the asyncio loop only.
@@ -16,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -36,6 +38,12 @@ from fabstir_tui.engine.p2p.messages import (
     error_frame_for,
     parse_job_request,
 )
+from fabstir_tui.engine.p2p.receipt_protocol import (
+    FinishedJob,
+    ReceiptProtocol,
+    book_for,
+    issue_receipt,
+)
 from fabstir_tui.engine.p2p.request_auth import (
     AuthDomain,
     AuthRefused,
@@ -48,6 +56,7 @@ from fabstir_tui.engine.p2p.streams import frame_reader, serve_guarded, write_fr
 if TYPE_CHECKING:
     from libp2p.abc import IHost
 
+    from fabstir_tui.engine.events import LoadedModel
     from fabstir_tui.engine.node import Node
     from fabstir_tui.engine.p2p.bridge import TrioBridge
 
@@ -80,8 +89,13 @@ class RunningJob:
 
     stream: TokenStream
     model_name: str
+    request: JobRequest
+    model_sha256: str
+    model: LoadedModel
+    generation: GenerationRequest
     finished: bool = False
     counted: int = 0
+    output: list[str] = field(default_factory=list)
 
 
 class JobProtocol:
@@ -104,6 +118,7 @@ class JobProtocol:
         self._bridge: TrioBridge | None = None
         self._verifier: RequestVerifier | None = None
         self._last_sweep = -float("inf")
+        self.receipts = book_for(node)
 
     async def attach(self, host: IHost, bridge: TrioBridge, nursery: trio.Nursery) -> None:
         """Trio side: register the stream handler."""
@@ -216,7 +231,7 @@ class JobProtocol:
         located = self._locate(request.model_id)
         if isinstance(located, dict):
             return located
-        path, name = located
+        path, name, sha256, model = located
         defaults = GenerationRequest(prompt="")
         generation = GenerationRequest(
             prompt=request.prompt,
@@ -224,7 +239,7 @@ class JobProtocol:
             temperature=defaults.temperature
             if request.temperature is None
             else request.temperature,
-            seed=-1 if request.seed is None else request.seed,
+            seed=self._seed_for(request),
         )
         try:
             token_stream = self.node.generate(path, generation)
@@ -233,7 +248,14 @@ class JobProtocol:
         except Exception as exc:  # our bug: say so briefly, log the rest
             self.node.log("error", "p2p", f"job start failed: {exc}")
             return error_frame(ErrorCode.INTERNAL, "the node could not start the generation")
-        return RunningJob(token_stream, name)
+        return RunningJob(token_stream, name, request, sha256, model, generation)
+
+    def _seed_for(self, request: JobRequest) -> int:
+        """The seed the job really runs with, chosen here so its receipt can name it."""
+        if request.seed is not None and request.seed >= 0:
+            return request.seed
+        configured = self.node.config.inference.seed
+        return configured if configured >= 0 else secrets.randbits(31)
 
     def _check_auth(self, request: JobRequest) -> str:
         """Worker thread: verify (SQLite nonce write), sweeping expired nonces now and then."""
@@ -250,18 +272,20 @@ class JobProtocol:
             session_id=request.session_id,
         )
 
-    def _locate(self, model_id: str) -> tuple[str, str] | dict[str, Any]:
-        """(path, name) of the loaded model with this SHA-256, or the refusal frame."""
+    def _locate(self, model_id: str) -> tuple[str, str, str, LoadedModel] | dict[str, Any]:
+        """(path, name, sha256, loaded) of the loaded model with this SHA-256, or the refusal
+        frame."""
         wanted = model_id.lower().removeprefix("0x")
         on_disk = [m for m in self.node.list_models() if m.sha256 == wanted and m.error is None]
         if not on_disk:
             return error_frame(
                 ErrorCode.MODEL_NOT_SERVED, f"this node does not serve model {model_id[:80]}"
             )
-        loaded = {model_key(m.path) for m in self.node.loaded_models()}
+        loaded = {model_key(m.path): m for m in self.node.loaded_models()}
         for model in on_disk:
-            if model_key(model.path) in loaded:
-                return model.path, model.name
+            running = loaded.get(model_key(model.path))
+            if running is not None:
+                return model.path, model.name, wanted, running
         return error_frame(
             ErrorCode.MODEL_NOT_SERVED,
             f"model {on_disk[0].name} is on this node's disk but not loaded",
@@ -290,9 +314,11 @@ class JobProtocol:
                     break
             batch.tokens = len(batch.pieces)
             job.counted += batch.tokens
+            job.output.extend(batch.pieces)
             return batch
         except StopAsyncIteration:
             job.finished = True
+            job.output.extend(batch.pieces)
             stats = job.stream.stats
             batch.tokens = max(len(batch.pieces), stats.completion_tokens - job.counted)
             job.counted += batch.tokens
@@ -302,11 +328,35 @@ class JobProtocol:
                 completion_tokens=stats.completion_tokens,
                 finish_reason=finish,
             )
+            batch.end = replace(batch.end, receipt=await self._receipt_for(job, batch.end))
         except InferenceError as exc:
             job.finished = True
             batch.tokens = len(batch.pieces)
             batch.error = error_frame(ErrorCode.INTERNAL, f"{job.model_name} failed: {exc}")
         return batch
+
+    async def _receipt_for(self, job: RunningJob, end: EndFrame) -> dict[str, Any] | None:
+        """The signed receipt's wire form, or None (key locked, no chain, or a failure that
+        is logged: the client still gets its end frame)."""
+        finished = FinishedJob(
+            job_id=job.request.job_id,
+            session_id=job.request.session_id,
+            model_sha256=job.model_sha256,
+            model=job.model,
+            generation=job.generation,
+            output="".join(job.output),
+            prompt_tokens=end.prompt_tokens,
+            completion_tokens=end.completion_tokens,
+        )
+        try:
+            issued = await asyncio.to_thread(issue_receipt, self.node, self.receipts, finished)
+        except Exception as exc:  # a full disk or our bug: no receipt rather than no answer
+            self.node.log("error", "p2p", f"could not issue a job receipt: {exc}")
+            return None
+        if isinstance(issued, str):
+            self.node.log("debug", "p2p", issued)
+            return None
+        return issued
 
     async def _cancel(self, job: RunningJob) -> None:
         job.finished = True
@@ -321,3 +371,8 @@ class JobProtocol:
 def job_component(node: Node) -> JobProtocol:
     """The wiring entry: the node's job protocol with default limits."""
     return JobProtocol(node)
+
+
+def receipt_component(node: Node) -> ReceiptProtocol:
+    """The wiring entry for `/fabstir/receipt/1.0.0` (receipts this node's jobs issued)."""
+    return ReceiptProtocol(node)

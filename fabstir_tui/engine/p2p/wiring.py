@@ -16,5 +16,6 @@ def node_components(node: Node) -> tuple[P2PComponent, ...]:
     components: list[P2PComponent] = []
     components.append(node.peer_book)
     components.append(job_protocol.JobProtocol(node))
+    components.append(job_protocol.receipt_component(node))
     components.extend(discovery.node_discovery_components(node))
     return tuple(components)
