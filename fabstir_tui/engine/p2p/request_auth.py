@@ -28,7 +28,7 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -106,6 +106,22 @@ class AuthDomain:
             values["verifyingContract"] = self.verifying_contract
         return fields, values
 
+    def typed_data(
+        self, primary_type: str, fields: Sequence[dict[str, str]], message: dict[str, Any]
+    ) -> Any:
+        """The signable EIP-712 message of one struct in this domain (requests and receipts)."""
+        from eth_account.messages import encode_typed_data
+
+        domain_type, domain_values = self.as_eip712()
+        return encode_typed_data(
+            full_message={
+                "types": {"EIP712Domain": domain_type, primary_type: list(fields)},
+                "primaryType": primary_type,
+                "domain": domain_values,
+                "message": message,
+            }
+        )
+
 
 def prompt_hash(prompt: str) -> str:
     """keccak256 of the prompt's UTF-8 bytes, 0x-hex (what a contract computes on-chain)."""
@@ -153,17 +169,7 @@ class SignedJobRequest:
 
 
 def _typed_data(domain: AuthDomain, message: dict[str, Any]) -> Any:
-    from eth_account.messages import encode_typed_data
-
-    domain_type, domain_values = domain.as_eip712()
-    return encode_typed_data(
-        full_message={
-            "types": {"EIP712Domain": domain_type, "JobRequest": list(JOB_REQUEST_TYPE)},
-            "primaryType": "JobRequest",
-            "domain": domain_values,
-            "message": message,
-        }
-    )
+    return domain.typed_data("JobRequest", JOB_REQUEST_TYPE, message)
 
 
 def sign_request(

@@ -210,17 +210,7 @@ def build_receipt(
 
 
 def _typed_data(domain: AuthDomain, receipt: Receipt) -> Any:
-    from eth_account.messages import encode_typed_data
-
-    domain_type, domain_values = domain.as_eip712()
-    return encode_typed_data(
-        full_message={
-            "types": {"EIP712Domain": domain_type, "Receipt": list(RECEIPT_TYPE)},
-            "primaryType": "Receipt",
-            "domain": domain_values,
-            "message": receipt.message(),
-        }
-    )
+    return domain.typed_data("Receipt", RECEIPT_TYPE, receipt.message())
 
 
 def receipt_hash(receipt: Receipt, domain: AuthDomain) -> bytes:
