@@ -194,6 +194,12 @@ class JobsSection(_Section):
     gpu_temp_limit_c: float | None = Field(default=None, gt=0, le=150)
     max_queue_depth: int = Field(default=8, ge=1, le=10_000)
     prompt_delivery_s: float = Field(default=60.0, gt=0, le=3600, description="DESIGN 11.8")
+    retention_days: float = Field(
+        default=7, gt=0, description="days finished jobs stay archived for `verify`"
+    )
+    verify_top_k: int = Field(
+        default=8, ge=1, le=1000, description="output tokens must be in the top k to verify"
+    )
 
     @field_validator("client_allow", "client_deny", mode="after")
     @classmethod

@@ -139,6 +139,11 @@ def _m5_jobs(db: sqlite3.Connection) -> None:
     )
 
 
+def _m6_job_detail(db: sqlite3.Connection) -> None:
+    """Why a job sits where it is (rejected because…, lost to…, waiting for…), for the UI."""
+    db.execute("ALTER TABLE jobs ADD COLUMN detail TEXT")
+
+
 # Append only: never edit a migration that has shipped; add a new one.
 MIGRATIONS: tuple[Migration, ...] = (
     _m1_base,
@@ -146,6 +151,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _m3_market,
     _m4_request_nonces,
     _m5_jobs,
+    _m6_job_detail,
 )
 
 

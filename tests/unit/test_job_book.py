@@ -274,9 +274,28 @@ def test_m5_upgrades_a_version_4_database_and_keeps_its_rows(db_path: Path) -> N
     old.append_audit(1.0, "start", "v4 node", "ok")
     old.close()
     store = Store(db_path)
-    assert store.schema_version == 5 == len(MIGRATIONS)
+    assert store.schema_version == len(MIGRATIONS)
     assert [a[1] for a in store.recent_audit()] == ["start"]
     JobBook(store).upsert_seen(key(1))
+    store.close()
+
+
+def test_m6_adds_detail_to_jobs_a_version_5_database_already_holds(db_path: Path) -> None:
+    old = Store(db_path, migrations=MIGRATIONS[:5])
+    old.close()
+    with sqlite3.connect(db_path) as db:  # a row as a version-5 node wrote it
+        db.execute(
+            """INSERT INTO jobs (kind, chain_id, contract, job_id, state, model_id, created_at,
+                 updated_at) VALUES (?, ?, ?, ?, 'seen', ?, 1.0, 1.0)""",
+            (*key(1).params, "0x" + "ab" * 32),
+        )
+    store = Store(db_path)
+    book = JobBook(store)
+    record = book.get(key(1))
+    assert record is not None and record.detail is None and record.model_id == "0x" + "ab" * 32
+    book.note(key(1), detail="waiting for the operator")
+    again = book.get(key(1))
+    assert again is not None and again.detail == "waiting for the operator"
     store.close()
 
 

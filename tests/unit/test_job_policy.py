@@ -244,6 +244,7 @@ def test_a_job_record_is_read_through_policy_job() -> None:
         output_hash=None,
         receipt_root=None,
         tokens_used=None,
+        detail=None,
         tx_hashes={},
         created_at=NOW,
         updated_at=NOW,

@@ -161,6 +161,16 @@ class TxJournal:
         value = rows[0][0] if rows else None
         return None if value is None else int(str(value))
 
+    def by_label(self, sender: str, chain_id: int, label: str, since: float) -> list[JournalEntry]:
+        """This account's transactions with one label signed at or after `since`, newest
+        first: how a restart finds a tx whose hash its caller had not recorded yet."""
+        rows = self._store.query(
+            f"SELECT {_COLUMNS} FROM tx_journal WHERE sender = ? AND chain_id = ? AND label = ? "
+            "AND created_at >= ? ORDER BY created_at DESC",
+            (sender, chain_id, label, since),
+        )
+        return [_entry(r) for r in rows]
+
     def recent(self, limit: int = 100) -> list[JournalEntry]:
         """The newest transactions, for screens and `status --json`."""
         rows = self._store.query(

@@ -27,7 +27,7 @@ pending. `FABSTIR_CRASH_AT=tx_after_journal` (tests) dies between journal and br
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 from eth_account.signers.local import LocalAccount
@@ -219,8 +219,11 @@ class TxSender:
         *,
         gas: int | None = None,
         contract: str | None = None,
+        on_journaled: Callable[[str], None] | None = None,
     ) -> SentTx:
-        """Sign, journal (committed) before broadcasting, broadcast, publish TxSubmitted."""
+        """Sign, journal (committed) before broadcasting, broadcast, publish TxSubmitted.
+        `on_journaled(tx_hash)` runs after the journal commit and before the broadcast, so a
+        caller can tie the hash to its own record (the job pipeline's pending effect)."""
         tx_call = self.as_call(call, contract)
         if preview is None:
             preview = await self.preview(tx_call, value, gas=gas)
@@ -249,6 +252,8 @@ class TxSender:
             except Exception:
                 self.nonces.give_back(nonce)
                 raise
+            if on_journaled is not None:
+                on_journaled(entry.hash)
             crash_point("tx_after_journal")
             result, why = await self.broadcast(entry)
             await self._after_first_broadcast(entry, result, why)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from pathlib import Path
 
 import psutil
@@ -66,6 +67,7 @@ class ModelManager:
         self._loading: set[str] = set()
         self._starting: dict[str, WorkerProcess] = {}
         self._closed = False
+        self._speeds: dict[str, deque[float]] = {}
         self.gpu_offload: bool | None = None
 
     def loaded(self) -> list[LoadedModel]:
@@ -223,6 +225,8 @@ class ModelManager:
             )
             return
         st = stream.stats
+        if st.tokens_per_s and st.completion_tokens >= 8:  # short runs measure mostly prefill
+            self._speeds.setdefault(path, deque(maxlen=16)).append(st.tokens_per_s)
         self.bus.publish(
             GenerationFinished(
                 request_id=stream.request_id,
@@ -234,6 +238,12 @@ class ModelManager:
                 tokens_per_s=st.tokens_per_s,
             )
         )
+
+    def tokens_per_s(self, path: str) -> float | None:
+        """Median decode speed of the model's recent generations (what a quote's run time
+        is worked out from); None before one was measured."""
+        speeds = sorted(self._speeds.get(model_key(path), ()))
+        return speeds[len(speeds) // 2] if speeds else None
 
     async def stop(self) -> None:
         """Stop every worker, including ones still loading; no load is accepted after this."""

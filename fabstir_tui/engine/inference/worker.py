@@ -79,6 +79,12 @@ class ModelOwner:
                 finally:
                     with self.cancels_lock:
                         self.cancels.pop(rid, None)
+            elif op == "score":
+                rid = str(message["id"])
+                try:
+                    self._score(rid, message)
+                except Exception as exc:
+                    self.out.send(ev="failed", id=rid, reason=_safe_reason(exc, message))
 
     def _load(self, message: dict[str, Any]) -> None:
         started = time.perf_counter()
@@ -226,16 +232,77 @@ class ModelOwner:
             finish_reason=finish,
         )
 
+    def _score(self, rid: str, message: dict[str, Any]) -> None:
+        """Teacher-forced pass for `verify`: one prefill over prompt + output with logits at
+        every output position; reports each output token's rank (1 = the model's top pick)."""
+        llm = self.llm
+        if llm is None:
+            raise RuntimeError("no model is loaded in this worker")
+        result = score_output(llm, str(message["prompt"]), str(message["output"]))
+        self.out.send(ev="scored", id=rid, **result)
+
 
 def _safe_reason(exc: Exception, message: dict[str, Any]) -> str:
     """An error for the engine that never quotes the prompt (library errors sometimes do)."""
     text = f"{type(exc).__name__}: {exc}"
-    secrets = [str(message.get("prompt") or "")]
+    secrets = [str(message.get("prompt") or ""), str(message.get("output") or "")]
     secrets += [str(m.get("content", "")) for m in message.get("messages") or []]
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= 4:
             text = text.replace(secret, "<prompt>")
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def score_output(llm: Any, prompt: str, output: str) -> dict[str, Any]:
+    """Rank every output token under the model's logits at its position, the prompt tokenised
+    as `_prompt_tokens` does a plain prompt; the KV cache is left empty for the next request."""
+    import numpy as np
+
+    prompt_tokens = list(llm.tokenize(prompt.encode("utf-8"), add_bos=True))
+    joint = list(llm.tokenize((prompt + output).encode("utf-8"), add_bos=True))
+    common = 0
+    for a, b in zip(prompt_tokens, joint, strict=False):
+        if a != b:
+            break
+        common += 1
+    start = max(common, 1)  # the first token (BOS) has no position before it to score from
+    n_ctx, n_batch, n_vocab = llm.n_ctx(), llm.n_batch, llm.n_vocab()
+    if len(joint) > n_ctx:
+        raise ValueError(
+            f"prompt + output are {len(joint)} tokens but the context holds {n_ctx}; "
+            "raise inference.context_length to verify this job"
+        )
+    ranks: list[int] = []
+    best: list[int] = []
+    llm.reset()
+    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    try:
+        for offset in range(0, len(joint), n_batch):
+            chunk = joint[offset : offset + n_batch]
+            llm._batch.set_batch(batch=chunk, n_past=offset, logits_all=True)
+            llm._ctx.decode(llm._batch)
+            logits = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(len(chunk), n_vocab))
+            for row in range(len(chunk)):
+                position = offset + row  # these logits predict joint[position + 1]
+                if start - 1 <= position < len(joint) - 1:
+                    values = logits[row]
+                    target = joint[position + 1]
+                    ranks.append(int(np.count_nonzero(values > values[target])) + 1)
+                    best.append(int(np.argmax(values)))
+    finally:
+        llm.reset()
+        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    scored = joint[start:]
+    return {
+        "prompt_tokens": len(prompt_tokens),
+        "prefix_ok": common == len(prompt_tokens),
+        "first_scored": start,
+        "tokens": scored,
+        "ranks": ranks,
+        "best": best,
+        "pieces": [llm.detokenize([t]).decode("utf-8", "replace") for t in scored],
+        "best_pieces": [llm.detokenize([t]).decode("utf-8", "replace") for t in best],
+    }
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

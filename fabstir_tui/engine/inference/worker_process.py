@@ -78,6 +78,7 @@ class WorkerProcess:
         self._on_exit = on_exit
         self._proc: asyncio.subprocess.Process | None = None
         self._streams: dict[str, TokenStream] = {}
+        self._scores: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._stderr_tail: deque[str] = deque(maxlen=20)
         self._tasks: list[asyncio.Task[None]] = []
         self._loaded: asyncio.Future[WorkerLoaded] | None = None
@@ -141,6 +142,22 @@ class WorkerProcess:
         self._send({"op": "generate", "id": rid, **request.to_wire()})
         return stream
 
+    async def score(self, prompt: str, output: str) -> dict[str, Any]:
+        """Teacher-forced ranks of `output`'s tokens after `prompt` (what `verify` checks);
+        see worker.score_output for the fields. Raises InferenceError / WorkerDiedError."""
+        if not self.alive:
+            raise WorkerDiedError(
+                f"the inference worker for {self.path} is not running; load the model again"
+            )
+        rid = f"s{next(_ids)}"
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._scores[rid] = future
+        try:
+            self._send({"op": "score", "id": rid, "prompt": prompt, "output": output})
+            return await future
+        finally:
+            self._scores.pop(rid, None)
+
     async def _cancel(self, request_id: str) -> None:
         with contextlib.suppress(InferenceError):
             self._send({"op": "cancel", "id": request_id})
@@ -189,6 +206,14 @@ class WorkerProcess:
         elif ev == "failed" and stream is not None:
             stream.feed_error(InferenceError(str(message["reason"])))
             self._forget(rid)
+        elif ev in ("scored", "failed") and rid in self._scores:
+            future = self._scores.pop(rid)
+            if future.done():
+                pass
+            elif ev == "scored":
+                future.set_result({k: v for k, v in message.items() if k not in ("ev", "id")})
+            else:
+                future.set_exception(InferenceError(str(message["reason"])))
         elif ev == "log":
             self._on_log(str(message.get("level", "debug")), str(message.get("text", "")))
         elif ev == "progress" and self._progress is not None:
@@ -236,6 +261,10 @@ class WorkerProcess:
         for stream in list(self._streams.values()):
             stream.feed_error(error)
         self._streams.clear()
+        for future in self._scores.values():
+            if not future.done():
+                future.set_exception(error)
+        self._scores.clear()
         if not loading:
             self._on_exit(self, self.exit_reason)
 

@@ -150,6 +150,55 @@ class JobBook:
             )
             self._remember_tx(db, key, action, tx_hash)
 
+    def note(self, key: JobKey, **fields: FieldValue) -> None:
+        """Set fields without a transition (why a job waits, what a run measured)."""
+        check_fields(fields)
+        if not fields:
+            return
+        sets = ", ".join(f"{name}=?" for name in fields)
+        with self._store.transaction() as db:
+            cursor = db.execute(
+                f"UPDATE jobs SET {sets}, updated_at=? WHERE {KEY_WHERE}",
+                (*fields.values(), self._clock(), *key.params),
+            )
+            if cursor.rowcount == 0:
+                raise JobBookError(f"{key}: unknown job")
+
+    def begin_effect(self, key: JobKey, effect: Effect) -> None:
+        """Write an effect as pending without moving the job (a release waits in submitted:
+        the chain, not our tx, decides whether it ends released or challenged)."""
+        now = self._clock()
+        with self._store.transaction() as db:
+            if db.execute(f"SELECT 1 FROM jobs WHERE {KEY_WHERE}", key.params).fetchone() is None:
+                raise JobBookError(f"{key}: unknown job, cannot begin {effect.action}")
+            pending = db.execute(
+                f"SELECT action FROM job_effects WHERE {KEY_WHERE} AND status='pending'",
+                key.params,
+            ).fetchone()
+            if pending is not None:
+                raise JobBookError(f"{key}: its {pending[0]} is still pending")
+            db.execute(
+                """INSERT INTO job_effects (kind, chain_id, contract, job_id, action, detail,
+                     tx_hash, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?)""",
+                (
+                    *key.params,
+                    effect.action,
+                    json.dumps(dict(effect.detail), sort_keys=True),
+                    effect.tx_hash,
+                    now,
+                ),
+            )
+
+    def forget_tx(self, key: JobKey) -> None:
+        """The pending effect's tx was dropped (never mined): clear its hash so it is sent
+        again; the effect itself stays pending."""
+        with self._store.transaction() as db:
+            self._pending_action(db, key)
+            db.execute(
+                f"UPDATE job_effects SET tx_hash=NULL WHERE {KEY_WHERE} AND status='pending'",
+                key.params,
+            )
+
     def effect_done(self, key: JobKey, result: Mapping[str, object] | None = None) -> None:
         """Mark the job's pending effect as done (confirmed, reverted: say so in result)."""
         result_doc = dict(result or {})

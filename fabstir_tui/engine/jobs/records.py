@@ -19,6 +19,7 @@ JOB_FIELDS: tuple[str, ...] = (
     "output_hash",
     "receipt_root",
     "tokens_used",
+    "detail",
 )
 _INT_FIELDS = frozenset({"max_tokens", "deadline", "tokens_used"})
 KEY_WHERE = "kind=? AND chain_id=? AND contract=? AND job_id=?"
@@ -77,6 +78,7 @@ class JobRecord:
     output_hash: str | None
     receipt_root: str | None
     tokens_used: int | None
+    detail: str | None
     tx_hashes: Mapping[str, str]
     created_at: float
     updated_at: float
@@ -143,6 +145,7 @@ def record_from_row(row: tuple[object, ...]) -> JobRecord:
         output_hash=text("output_hash"),
         receipt_root=text("receipt_root"),
         tokens_used=number("tokens_used"),
+        detail=text("detail"),
         tx_hashes=json.loads(str(tx_hashes)),
         created_at=float(str(created_at)),
         updated_at=float(str(updated_at)),

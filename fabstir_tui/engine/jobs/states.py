@@ -46,9 +46,12 @@ OPEN_JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
     S.APPROVED: frozenset({S.CLAIMED, S.LOST, S.EXPIRED, S.FAILED}),
     # The claim tx may revert because a faster host won: claimed → lost.
     S.CLAIMED: frozenset({S.RUNNING, S.UNCLAIMED, S.LOST, S.EXPIRED, S.FAILED}),
-    S.RUNNING: frozenset({S.DELIVERED, S.EXPIRED, S.FAILED}),
+    # A run cut short (client gone, worker died, node restarted) goes back to claimed: the
+    # client may send its request again until the deadline or the delivery limit.
+    S.RUNNING: frozenset({S.DELIVERED, S.CLAIMED, S.EXPIRED, S.FAILED}),
     S.DELIVERED: frozenset({S.SUBMITTED, S.EXPIRED, S.FAILED}),
-    S.SUBMITTED: frozenset({S.RELEASED, S.CHALLENGED}),
+    # A submit that reverts (deadline passed meanwhile) fails the job: nothing is paid.
+    S.SUBMITTED: frozenset({S.RELEASED, S.CHALLENGED, S.FAILED, S.EXPIRED}),
     # The arbiter decides: rejected challenge → released to us, upheld → refunded to the client.
     S.CHALLENGED: frozenset({S.RELEASED, S.REFUNDED}),
     S.RELEASED: frozenset(),

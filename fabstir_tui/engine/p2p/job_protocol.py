@@ -1,10 +1,12 @@
 """`/fabstir/job/1.0.0` (DESIGN §5, §11.6): one stream per request, tokens streamed in batches.
 
-The host reads one ``job_request`` frame, refuses it with an error frame unless the peer is
-on ``p2p.job_allowlist`` (until the job pipeline exists nobody else is served: no free
-inference by accident), checks a signed ``auth`` when one is sent, maps the model id (the
-GGUF's SHA-256, as /fabstir/info advertises it) to a loaded model and streams the
-generation: a ``tokens`` frame at most every 50 ms (one per batch, not one per token), then
+The host reads one ``job_request`` frame. A request for a job in the pipeline's book is the
+pipeline's to judge (engine/jobs/runs.py): the job must be claimed by us, the model, deadline
+and prompt hash must match what was posted on-chain, and the ``auth`` must be signed by the
+job's poster; its end is submitted on-chain. Any other request is served only to peers on
+``p2p.job_allowlist`` (the operator's own tests; empty by default, so no free inference by
+accident). The model id (the GGUF's SHA-256) maps to a loaded model and the generation
+streams: a ``tokens`` frame at most every 50 ms (one per batch, not one per token), then
 ``end`` with the usage and, when the node key is unlocked, the signed receipt
 (receipt_protocol.py). A peer that goes away cancels its generation, freeing the slot.
 
@@ -26,6 +28,8 @@ import trio
 
 from fabstir_tui.engine.inference.registry import model_key
 from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError, TokenStream
+from fabstir_tui.engine.jobs.archive import ArchivedJob
+from fabstir_tui.engine.jobs.runs import Refusal, RunTicket
 from fabstir_tui.engine.p2p.frames import FrameError
 from fabstir_tui.engine.p2p.messages import (
     JOB_PROTOCOL,
@@ -68,8 +72,8 @@ BATCH_INTERVAL_S = 0.05
 NONCE_SWEEP_INTERVAL_S = 3600.0
 _FINISH = re.compile(r"[a-z][a-z0-9_]{0,31}")
 NOT_ALLOWLISTED = (
-    "this node serves /fabstir/job only to peers on its p2p.job_allowlist until the on-chain "
-    "job pipeline exists; peer {peer} is not on it"
+    "this node serves /fabstir/job for jobs it has claimed (a signed request from the job's "
+    "poster) and to peers on its p2p.job_allowlist; peer {peer} is not on it and {why}"
 )
 
 
@@ -96,6 +100,7 @@ class RunningJob:
     finished: bool = False
     counted: int = 0
     output: list[str] = field(default_factory=list)
+    ticket: RunTicket | None = None
 
 
 class JobProtocol:
@@ -152,11 +157,6 @@ class JobProtocol:
             )
             return
         peer = str(stream.muxed_conn.peer_id)
-        if peer not in self.node.config.p2p.job_allowlist:
-            await self._reply(
-                stream, error_frame(ErrorCode.UNAUTHORIZED, NOT_ALLOWLISTED.format(peer=peer))
-            )
-            return
         admitted = await bridge.call_asyncio(self._admit, request, peer)
         if isinstance(admitted, dict):
             await self._reply(stream, admitted)
@@ -221,10 +221,35 @@ class JobProtocol:
             self.node.log("error", "p2p", f"job request from {peer} failed: {exc}")
             return error_frame(ErrorCode.INTERNAL, "the node could not take the request")
 
+    def _pipeline_ticket(self, request: JobRequest, peer: str) -> RunTicket | dict[str, Any] | None:
+        """The pipeline's verdict on a request for one of its jobs, the allowlist's refusal,
+        or None for an allowlisted request outside the pipeline (served for free)."""
+        pipeline = self.node.jobs
+        allowlisted = peer in self.node.config.p2p.job_allowlist
+        if pipeline is None or (allowlisted and not pipeline.runs.knows(request)):
+            if allowlisted:
+                return None
+            why = "this node's job pipeline is off (see the log)"
+            return error_frame(ErrorCode.UNAUTHORIZED, NOT_ALLOWLISTED.format(peer=peer, why=why))
+        checked = pipeline.runs.check(request)
+        if isinstance(checked, Refusal):
+            return error_frame(checked.code, checked.message)
+        if request.auth is None:
+            return error_frame(
+                ErrorCode.UNAUTHORIZED,
+                f"job {request.job_id} needs a request signed by its poster (field 'auth')",
+            )
+        return checked
+
     async def _try_admit(self, request: JobRequest, peer: str) -> RunningJob | dict[str, Any]:
+        ticket = self._pipeline_ticket(request, peer)
+        if isinstance(ticket, dict):
+            return ticket
         if request.auth is not None:
+            jobs = self.node.jobs
+            expected = jobs.runs.expected_signer(ticket) if ticket is not None and jobs else None
             try:
-                signer = await asyncio.to_thread(self._check_auth, request)
+                signer = await asyncio.to_thread(self._check_auth, request, expected)
             except AuthRefused as exc:
                 return error_frame(ErrorCode.UNAUTHORIZED, f"auth refused ({exc.reason}): {exc}")
             self.node.log("debug", "p2p", f"job request from {peer} signed by {signer}")
@@ -235,7 +260,7 @@ class JobProtocol:
         defaults = GenerationRequest(prompt="")
         generation = GenerationRequest(
             prompt=request.prompt,
-            max_tokens=request.max_tokens,
+            max_tokens=request.max_tokens if ticket is None else ticket.max_tokens,
             temperature=defaults.temperature
             if request.temperature is None
             else request.temperature,
@@ -248,7 +273,11 @@ class JobProtocol:
         except Exception as exc:  # our bug: say so briefly, log the rest
             self.node.log("error", "p2p", f"job start failed: {exc}")
             return error_frame(ErrorCode.INTERNAL, "the node could not start the generation")
-        return RunningJob(token_stream, name, request, sha256, model, generation)
+        running = RunningJob(token_stream, name, request, sha256, model, generation)
+        if ticket is not None and self.node.jobs is not None:
+            running.ticket = ticket
+            self.node.jobs.runs.start(ticket)
+        return running
 
     def _seed_for(self, request: JobRequest) -> int:
         """The seed the job really runs with, chosen here so its receipt can name it."""
@@ -257,7 +286,7 @@ class JobProtocol:
         configured = self.node.config.inference.seed
         return configured if configured >= 0 else secrets.randbits(31)
 
-    def _check_auth(self, request: JobRequest) -> str:
+    def _check_auth(self, request: JobRequest, expected: ExpectedSigner | None = None) -> str:
         """Worker thread: verify (SQLite nonce write), sweeping expired nonces now and then."""
         verifier = self._verifier_for()
         now = time.monotonic()
@@ -270,6 +299,7 @@ class JobProtocol:
             prompt=request.prompt,
             job_id=request.job_id,
             session_id=request.session_id,
+            expected_signer=expected,
         )
 
     def _locate(self, model_id: str) -> tuple[str, str, str, LoadedModel] | dict[str, Any]:
@@ -315,6 +345,7 @@ class JobProtocol:
             batch.tokens = len(batch.pieces)
             job.counted += batch.tokens
             job.output.extend(batch.pieces)
+            self._progress(job, batch)
             return batch
         except StopAsyncIteration:
             job.finished = True
@@ -329,11 +360,59 @@ class JobProtocol:
                 finish_reason=finish,
             )
             batch.end = replace(batch.end, receipt=await self._receipt_for(job, batch.end))
+            self._finished(job, batch.end)
         except InferenceError as exc:
             job.finished = True
             batch.tokens = len(batch.pieces)
             batch.error = error_frame(ErrorCode.INTERNAL, f"{job.model_name} failed: {exc}")
+            self._cut(job, f"{job.model_name} failed: {exc}")
         return batch
+
+    def _progress(self, job: RunningJob, batch: Batch) -> None:
+        if job.ticket is not None and self.node.jobs is not None:
+            self.node.jobs.runs.progress(job.ticket.key, batch.pieces, batch.tokens)
+
+    def _finished(self, job: RunningJob, end: EndFrame) -> None:
+        """A pipeline job's end: the pipeline records delivery and submits (the client already
+        has everything it needs in the end frame)."""
+        if job.ticket is None or self.node.jobs is None:
+            return
+        if end.finish_reason == "cancelled":
+            self._cut(job, "the generation was cancelled")
+            return
+        key = job.ticket.key
+        gen = job.generation
+        done = ArchivedJob(
+            kind=key.kind.value,
+            chain_id=key.chain_id,
+            contract=key.contract,
+            job_id=key.job_id,
+            prompt=gen.prompt or "",
+            output="".join(job.output),
+            model_sha256=job.model_sha256,
+            receipt=end.receipt,
+            generation={
+                "temperature": gen.temperature,
+                "top_k": gen.top_k,
+                "top_p": gen.top_p,
+                "min_p": gen.min_p,
+                "repeat_penalty": gen.repeat_penalty,
+                "seed": gen.seed,
+                "max_tokens": gen.max_tokens,
+            },
+            prompt_tokens=end.prompt_tokens,
+            completion_tokens=end.completion_tokens,
+            finished_at=time.time(),
+        )
+        try:
+            self.node.jobs.runs.finish(key, done)
+        except Exception as exc:  # a full disk: the run is cut, the client may retry
+            self.node.log("error", "jobs", f"job {key.job_id}: could not record its end: {exc}")
+            self._cut(job, f"its end could not be recorded: {exc}")
+
+    def _cut(self, job: RunningJob, why: str) -> None:
+        if job.ticket is not None and self.node.jobs is not None:
+            self.node.jobs.runs.cut(job.ticket.key, why)
 
     async def _receipt_for(self, job: RunningJob, end: EndFrame) -> dict[str, Any] | None:
         """The signed receipt's wire form, or None (key locked, no chain, or a failure that
@@ -360,6 +439,7 @@ class JobProtocol:
 
     async def _cancel(self, job: RunningJob) -> None:
         job.finished = True
+        self._cut(job, "the client went away")
         try:
             await job.stream.cancel()
         except Exception as exc:  # the worker may be gone already

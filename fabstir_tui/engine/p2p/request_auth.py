@@ -329,11 +329,13 @@ class RequestVerifier:
         job_id: str | None,
         session_id: str | None,
         now: float | None = None,
+        expected_signer: ExpectedSigner | None = None,
     ) -> str:
         """The checksummed signer of a valid, fresh, unused request, or AuthRefused.
 
         Cheap checks first; the nonce is spent only when everything else passed, so a
-        refused request never burns a nonce.
+        refused request never burns a nonce. `expected_signer` overrides the verifier's own
+        for this call (the pipeline knows each job's poster).
         """
         request = parse_auth(auth)
         if (request.job_id, request.session_id) != (_request_id(job_id), _request_id(session_id)):
@@ -362,8 +364,9 @@ class RequestVerifier:
                 f"auth expiry is {request.expiry - moment} s ahead; at most {self.max_ahead_s} s",
             )
         signer = self._recover(request)
-        if self.expected_signer is not None:
-            expected = self.expected_signer(request)
+        expected_of = expected_signer or self.expected_signer
+        if expected_of is not None:
+            expected = expected_of(request)
             if expected is None or expected.lower() != signer.lower():
                 raise AuthRefused(
                     AuthReason.WRONG_SIGNER,
