@@ -37,6 +37,7 @@ from fabstir_tui.ui.screens.base import report_worker_failure
 from fabstir_tui.ui.screens.dashboard import DashboardScreen
 from fabstir_tui.ui.screens.earnings import EarningsScreen
 from fabstir_tui.ui.screens.help import HelpScreen, KeyRow
+from fabstir_tui.ui.screens.jobs import JobsScreen
 from fabstir_tui.ui.screens.logs import LogsScreen
 from fabstir_tui.ui.screens.models import ModelsScreen
 from fabstir_tui.ui.screens.peers import PeersScreen
@@ -49,6 +50,7 @@ HANGUP_EXIT_GRACE_S = 10.0
 EVERYWHERE = "all screens (Playground: escape first)"
 SCREENS_BY_KEY = {
     "dashboard": "Dashboard",
+    "jobs": "Jobs",
     "peers": "Peers",
     "models": "Models",
     "earnings": "Earnings",
@@ -66,6 +68,7 @@ class FabstirApp(App[int]):
     COMMANDS = {FabstirCommands}
     BINDINGS = [
         Binding("1", "show('dashboard')", "Dash", tooltip="Dashboard"),
+        Binding("2", "show('jobs')", "Jobs"),
         Binding("3", "show('peers')", "Peers"),
         Binding("4", "show('models')", "Models"),
         Binding("5", "show('earnings')", "Earn", tooltip="Earnings"),
@@ -100,6 +103,7 @@ class FabstirApp(App[int]):
             self.register_theme(theme)
         self._theme_problem = self._pick_start_theme(config.ui.theme)
         self.add_mode("dashboard", partial(DashboardScreen, node))
+        self.add_mode("jobs", partial(JobsScreen, node))
         self.add_mode("peers", partial(PeersScreen, node))
         self.add_mode("models", partial(ModelsScreen, node))
         self.add_mode("earnings", partial(EarningsScreen, node))
@@ -212,6 +216,7 @@ class FabstirApp(App[int]):
         ]
         rows.insert(-1, KeyRow("ctrl+p", "Command palette (every action)", "everywhere"))
         for screen, where in (
+            (JobsScreen, "Jobs"),
             (PeersScreen, "Peers"),
             (ModelsScreen, "Models"),
             (PlaygroundScreen, "Playground"),

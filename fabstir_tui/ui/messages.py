@@ -15,6 +15,7 @@ from textual.message import Message
 
 from fabstir_tui.engine import events as ev
 from fabstir_tui.engine.chain import events as cev
+from fabstir_tui.engine.jobs import views as jv
 
 E = TypeVar("E", bound=ev.Event)
 
@@ -116,6 +117,11 @@ class TxSettled(EngineMessage[cev.TxSettled], bubble=False, namespace="engine"):
     pass
 
 
+class JobsChanged(EngineMessage[jv.JobsChanged], bubble=False, namespace="engine"):
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, JobsChanged)
+
+
 _MESSAGES: dict[type[ev.Event], Callable[[Any], EngineMessage[Any]]] = {
     ev.GpuSampled: GpuSampled,
     ev.HostSampled: HostSampled,
@@ -137,6 +143,7 @@ _MESSAGES: dict[type[ev.Event], Callable[[Any], EngineMessage[Any]]] = {
     ev.PeersChanged: PeersChanged,
     cev.TxSubmitted: TxSubmitted,
     cev.TxSettled: TxSettled,
+    jv.JobsChanged: JobsChanged,
 }
 
 
