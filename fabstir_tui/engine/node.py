@@ -37,9 +37,8 @@ from fabstir_tui.engine.inference.stream import (
     LoadRefusedError,
     TokenStream,
 )
-from fabstir_tui.engine.jobs.pipeline import JobPipeline, inactive_reason
-from fabstir_tui.engine.jobs.records import JobKey
-from fabstir_tui.engine.jobs.views import JobCommandError, JobQuote, JobsChanged, JobView
+from fabstir_tui.engine.jobs.pipeline import JobPipeline
+from fabstir_tui.engine.node_jobs import JobCommands
 from fabstir_tui.engine.p2p.messages import InfoResponse
 from fabstir_tui.engine.p2p.peer_book import PeerBook
 from fabstir_tui.engine.p2p.peer_probe import ProbeError, dial, hang_up
@@ -70,7 +69,7 @@ class NodeSnapshot:
     chain: ChainStatus | None = None
 
 
-class Node:
+class Node(JobCommands):
     """One node: store, model registry, inference workers and telemetry, started and stopped
     together; operator commands are methods here and each leaves an audit line."""
 
@@ -156,24 +155,6 @@ class Node:
             self.log("error", "p2p", f"P2P did not start, running without it: {exc}")
             return
         self._p2p = service
-
-    async def _start_jobs(self) -> None:
-        """Start the job pipeline when there is a market and a node key; else say why not."""
-        why = inactive_reason(self)
-        if why is None and not self.chain.address:
-            why = "no node key (keystore): run `fabstir-tui keys new`"
-        if why is not None:
-            self.log("info", "jobs", f"the job pipeline is off: {why}")
-            return
-        pipeline = JobPipeline(self)
-        pipeline.runs.recover()
-        await pipeline.start()
-        self._jobs = pipeline
-
-    @property
-    def jobs(self) -> JobPipeline | None:
-        """The running job pipeline, or None when the node has no market or no key."""
-        return self._jobs
 
     @property
     def p2p(self) -> P2PService | None:
@@ -408,49 +389,3 @@ class Node:
         verdict = "mined" if outcome.ok else f"{outcome.status}: {outcome.error}"
         self.record_action(prepared.label, detail, verdict)
         return outcome
-
-    # --- jobs -----------------------------------------------------------------------------
-
-    def _pipeline(self, action: str, key: JobKey) -> JobPipeline:
-        if self._jobs is None:
-            why = inactive_reason(self) or "the node has no key or has not started"
-            self.record_action(action, str(key), f"refused: {why}")
-            raise JobCommandError(f"the job pipeline is off: {why}")
-        return self._jobs
-
-    def jobs_snapshot(self) -> JobsChanged:
-        """The newest market / queue / done picture (empty while the pipeline is off)."""
-        if self._jobs is None:
-            return JobsChanged(mode=self.config.jobs.mode)
-        return self._jobs.views.snapshot()
-
-    async def quote_job(self, key: JobKey) -> JobQuote:
-        """What claiming or accepting this job would earn and cost, for the dialog."""
-        from fabstir_tui.engine.jobs.quoting import quote_for
-
-        return await quote_for(self, self._pipeline("quote job", key), key)
-
-    async def _job_command(self, action: str, key: JobKey, verb: str) -> JobView:
-        pipeline = self._pipeline(action, key)
-        try:
-            command = {"claim": pipeline.claim, "accept": pipeline.accept}.get(
-                verb, pipeline.reject
-            )
-            view = await command(key)
-        except JobCommandError as exc:
-            self.record_action(action, f"job {key.job_id}", f"refused: {exc}")
-            raise
-        self.record_action(action, f"job {key.job_id}", f"{view.state}: {view.detail}")
-        return view
-
-    async def claim_job(self, key: JobKey) -> JobView:
-        """Claim an open market job (the operator's `c`); audited."""
-        return await self._job_command("claim job", key, "claim")
-
-    async def accept_job(self, key: JobKey) -> JobView:
-        """Accept work waiting for approval (the operator's `a`); audited."""
-        return await self._job_command("accept job", key, "accept")
-
-    async def reject_job(self, key: JobKey) -> JobView:
-        """Reject a market job or waiting work (the operator's `x`); audited."""
-        return await self._job_command("reject job", key, "reject")

@@ -144,6 +144,13 @@ def _m6_job_detail(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE jobs ADD COLUMN detail TEXT")
 
 
+def _m7_settlements(db: sqlite3.Connection) -> None:
+    """What a settled job paid: the charge, the marketplace fee and the client's refund, so the
+    Earnings screen shows the whole split to the wei (PaymentReleased carries all three)."""
+    for column in ("charge", "fee", "refund"):
+        db.execute(f"ALTER TABLE market_jobs ADD COLUMN {column} TEXT")
+
+
 # Append only: never edit a migration that has shipped; add a new one.
 MIGRATIONS: tuple[Migration, ...] = (
     _m1_base,
@@ -152,6 +159,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _m4_request_nonces,
     _m5_jobs,
     _m6_job_detail,
+    _m7_settlements,
 )
 
 

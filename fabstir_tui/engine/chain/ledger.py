@@ -47,6 +47,9 @@ class LedgerEntry:
     tx_hash: str
     reference: str
     counterparty: str
+    charge: int | None = None  # a job payment's whole split, when its settlement says it
+    fee: int | None = None
+    refund: int | None = None
 
 
 def day_start(now: float) -> int:
@@ -225,9 +228,12 @@ class Ledger:
         self._set_job(
             db,
             log,
-            "status='released', host_amount=?, settled_tx=?",
+            "status='released', host_amount=?, settled_tx=?, charge=?, fee=?, refund=?",
             str(int(a["hostAmount"])),
             log.tx_hash,
+            str(int(a["charge"])),
+            str(int(a["fee"])),
+            str(int(a["refund"])),
         )
         _link_credit(db, log.tx_hash, f"job {int(a['jobId'])}")
 
@@ -291,11 +297,17 @@ class Ledger:
     def entries(self, limit: int = 200) -> list[LedgerEntry]:
         """Newest first: what the Earnings screen lists, one row per payment or withdrawal."""
         rows = self.store.query(
-            """SELECT kind, token, amount, block_number, block_time, tx_hash, job_id,
-                      counterparty
-               FROM earnings_ledger ORDER BY block_number DESC, log_index DESC LIMIT ?""",
+            """SELECT e.kind, e.token, e.amount, e.block_number, e.block_time, e.tx_hash,
+                      e.job_id, e.counterparty, m.charge, m.fee, m.refund
+               FROM earnings_ledger e
+               LEFT JOIN market_jobs m ON e.kind = 'credit' AND m.settled_tx = e.tx_hash
+               ORDER BY e.block_number DESC, e.log_index DESC LIMIT ?""",
             (limit,),
         )
+
+        def amount(value: object) -> int | None:
+            return None if value is None else int(str(value))
+
         return [
             LedgerEntry(
                 kind=str(r[0]),
@@ -306,6 +318,9 @@ class Ledger:
                 tx_hash=str(r[5]),
                 reference=str(r[6] or ""),
                 counterparty=str(r[7] or ""),
+                charge=amount(r[8]),
+                fee=amount(r[9]),
+                refund=amount(r[10]),
             )
             for r in rows
         ]

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 from fabstir_tui.engine import events as ev
 from fabstir_tui.engine.chain import events as cev
 from fabstir_tui.engine.chain.actions import Unregister, Withdraw
+from fabstir_tui.engine.chain.ledger import LedgerEntry
 from fabstir_tui.engine.node import NodeSnapshot
 from fabstir_tui.ui import messages as msg
 from fabstir_tui.ui.format import DASH, gwei, short_hex, token_amount
@@ -35,6 +36,16 @@ LEDGER_COLUMNS = (
     ("Amount", "amount", 18),
     ("Tx", "tx", 15),
 )
+
+
+def split_line(entry: LedgerEntry) -> str:
+    """One payment's split as the contract made it, exact in the token's base units."""
+    if entry.kind != "credit" or entry.charge is None:
+        return ""
+    return (
+        f"{entry.reference}: charge {entry.charge} - fee {entry.fee} = paid {entry.amount}; "
+        f"refunded {entry.refund} to the client (base units)"
+    )
 
 
 def status_lines(status: cev.ChainStatus | None) -> str:
@@ -79,6 +90,7 @@ class EarningsScreen(LiveScreen):
     ]
 
     status: var[cev.ChainStatus | None] = var(None)
+    _entries: list[LedgerEntry] = []
 
     def compose(self) -> ComposeResult:
         yield StatusHeader()
@@ -94,6 +106,7 @@ class EarningsScreen(LiveScreen):
         for label, key, width in LEDGER_COLUMNS:
             ledger.add_column(label, width=width, key=key)
         yield ledger
+        yield Static("", id="earn-split", markup=False)
         yield Footer(compact=True)
 
     def live_mount(self, snapshot: NodeSnapshot) -> None:
@@ -139,7 +152,8 @@ class EarningsScreen(LiveScreen):
             if (self.status)
             else {}
         )
-        for entry in self.node.earnings_entries():
+        self._entries = self.node.earnings_entries()
+        for entry in self._entries:
             symbol, decimals = units.get(entry.token.lower(), (short_hex(entry.token, 3), 18))
             sign = -1 if entry.kind == "withdraw" else 1
             table.add_row(
@@ -149,6 +163,20 @@ class EarningsScreen(LiveScreen):
                 Text(token_amount(sign * entry.amount, decimals, symbol), justify="right"),
                 Text(short_hex(entry.tx_hash, 6)),
             )
+        self._draw_split()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        if event.data_table.id == "earn-ledger":
+            self._draw_split()
+
+    def _draw_split(self) -> None:
+        """The highlighted payment's whole split in base units: what an operator reconciles."""
+        table = self.query_one("#earn-ledger", DataTable)
+        entries = self._entries
+        line = ""
+        if entries and 0 <= table.cursor_row < len(entries):
+            line = split_line(entries[table.cursor_row])
+        self.query_one("#earn-split", Static).update(line)
 
     # --- actions --------------------------------------------------------------------------
 
