@@ -26,6 +26,7 @@ bench: bootstrap
 	$(BIN)/python bench/inference.py
 	$(BIN)/python bench/chain.py --events 50
 	$(BIN)/python bench/p2p.py --burst 150
+	$(BIN)/python bench/jobs.py
 
 contracts: bootstrap
 	node scripts/compile-contracts.mjs
