@@ -151,6 +151,22 @@ def _m7_settlements(db: sqlite3.Connection) -> None:
         db.execute(f"ALTER TABLE market_jobs ADD COLUMN {column} TEXT")
 
 
+def _m8_sessions(db: sqlite3.Connection) -> None:
+    """Sessions as the node serves them: the chain's proof interval, timeout and last activity
+    (when a proof last landed), and every receipt served in a session with the proof that
+    covered it, so proofs are submitted every N tokens and a restart knows what is unproven."""
+    db.execute("ALTER TABLE market_sessions ADD COLUMN proof_interval TEXT")
+    db.execute("ALTER TABLE market_sessions ADD COLUMN timeout INTEGER")
+    db.execute("ALTER TABLE market_sessions ADD COLUMN last_activity INTEGER")
+    db.execute(
+        """CREATE TABLE session_receipts (
+             chain_id INTEGER NOT NULL, contract TEXT NOT NULL, session_id TEXT NOT NULL,
+             seq INTEGER NOT NULL, receipt_hash TEXT NOT NULL, tokens INTEGER NOT NULL,
+             proof_tx TEXT, created_at REAL NOT NULL,
+             PRIMARY KEY (chain_id, contract, session_id, seq))"""
+    )
+
+
 # Append only: never edit a migration that has shipped; add a new one.
 MIGRATIONS: tuple[Migration, ...] = (
     _m1_base,
@@ -160,6 +176,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _m5_jobs,
     _m6_job_detail,
     _m7_settlements,
+    _m8_sessions,
 )
 
 

@@ -260,8 +260,9 @@ class Ledger:
             return
         db.execute(
             """INSERT OR REPLACE INTO market_sessions (session_id, client, host, model_id, token,
-                 deposit, price, tokens, status, updated_block)
-               VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'active', ?)""",
+                 deposit, price, tokens, status, updated_block, proof_interval, timeout,
+                 last_activity)
+               VALUES (?, ?, ?, ?, ?, ?, ?, 0, 'active', ?, ?, ?, ?)""",
             (
                 int(a["sessionId"]),
                 str(a["client"]),
@@ -271,13 +272,22 @@ class Ledger:
                 str(int(a["deposit"])),
                 str(int(a["pricePerMillion"])),
                 log.block_number,
+                str(int(a["proofInterval"])),
+                int(a["timeout"]),
+                log.block_time,
             ),
         )
 
     def _proof(self, db: sqlite3.Connection, log: DecodedLog) -> None:
         db.execute(
-            "UPDATE market_sessions SET tokens=?, updated_block=? WHERE session_id=?",
-            (int(log.args["totalTokens"]), log.block_number, int(log.args["sessionId"])),
+            """UPDATE market_sessions SET tokens=?, updated_block=?, last_activity=?
+               WHERE session_id=?""",
+            (
+                int(log.args["totalTokens"]),
+                log.block_number,
+                log.block_time,
+                int(log.args["sessionId"]),
+            ),
         )
 
     def _session_settled(self, status: str) -> Callable[[sqlite3.Connection, DecodedLog], None]:

@@ -27,13 +27,13 @@ from fabstir_tui.engine.chain.txtypes import TxOutcome
 from fabstir_tui.engine.jobs.book import JobBook
 from fabstir_tui.engine.jobs.market_sync import MarketRow
 from fabstir_tui.engine.jobs.records import JobKey, PendingEffect
-from fabstir_tui.engine.jobs.states import JobState
+from fabstir_tui.engine.jobs.states import JobKind, JobState
 
 CRASH_ENV = "FABSTIR_CRASH_AT"
 S = JobState
 
 # What the chain shows once each effect has happened (market_jobs status, ours as host).
-_DONE_WHEN: dict[str, Callable[[MarketRow, str], bool]] = {
+DONE_WHEN: dict[str, Callable[[MarketRow, str], bool]] = {
     "claim": lambda row, me: row.host.lower() == me and row.status != "open",
     "submit": lambda row, me: row.status not in ("open", "claimed"),
     "release": lambda row, me: row.status in ("released", "refunded"),
@@ -74,13 +74,18 @@ class EffectEnd:
 class EffectDriver:
     """Sends and confirms the pipeline's transactions through the node's one TxSender."""
 
-    def __init__(self, book: JobBook, market: Any, host: str) -> None:
+    def __init__(
+        self, book: JobBook, market: Any, host: str, calls: Callable[[PendingEffect], Any]
+    ) -> None:
         self.book = book
         self.market = market  # the JobMarketplace contract object (AsyncWeb3)
         self.host = host.lower()
+        self._session_call = calls
 
     def call_for(self, pending: PendingEffect) -> Any:
         """The contract call an effect stands for; its arguments come from the effect."""
+        if pending.key.kind != JobKind.OPEN:
+            return self._session_call(pending)
         job_id = int(pending.key.job_id)
         fn = self.market.functions
         action = pending.effect.action
@@ -101,7 +106,7 @@ class EffectDriver:
         raise ValueError(f"unknown job effect {action!r}")
 
     async def drive(
-        self, sender: TxSender, pending: PendingEffect, row: MarketRow | None
+        self, sender: TxSender, pending: PendingEffect, already_done: Callable[[], bool]
     ) -> EffectEnd:
         """Carry the effect to an end: confirm a tx already signed, else send one (once)."""
         key = pending.key
@@ -120,7 +125,7 @@ class EffectDriver:
             if outcome.status != "dropped":
                 return _end(outcome)
             self.book.forget_tx(key)  # never mined: the effect is still wanted
-        if row is not None and _DONE_WHEN[pending.effect.action](row, self.host):
+        if already_done():
             return EffectEnd(True, None, 0, "")
         return await self._send(sender, pending)
 

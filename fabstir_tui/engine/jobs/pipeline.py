@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 from fabstir_tui.engine.chain.txerrors import TxError
 from fabstir_tui.engine.jobs.archive import archive_for
 from fabstir_tui.engine.jobs.book import JobBook
-from fabstir_tui.engine.jobs.effects import EffectDriver, EffectEnd, key_text
+from fabstir_tui.engine.jobs.effects import DONE_WHEN, EffectDriver, EffectEnd, key_text
 from fabstir_tui.engine.jobs.market_sync import MarketSync, market_row
 from fabstir_tui.engine.jobs.policy import NodeFacts, Verdict, decide
 from fabstir_tui.engine.jobs.records import Effect, JobKey, JobRecord, PendingEffect
 from fabstir_tui.engine.jobs.runs import JobRuns
+from fabstir_tui.engine.jobs.sessions import SessionWork
 from fabstir_tui.engine.jobs.states import JobKind, JobState
 from fabstir_tui.engine.jobs.view_builder import ViewBuilder
 from fabstir_tui.engine.jobs.views import JobCommandError, JobsChanged, JobView
@@ -63,6 +64,7 @@ class JobPipeline:
         self.sync = MarketSync(self.book, store, self.chain_id, self.contract, self.host)
         self.archive = archive_for(node.config.paths.data_dir)
         self._swept_at = -float("inf")
+        self.sessions = SessionWork(self)
         self.runs = JobRuns(self)
         self.views = ViewBuilder(self)
         self._driving: dict[JobKey, asyncio.Task[None]] = {}
@@ -149,12 +151,14 @@ class JobPipeline:
             record = self.book.get(key)
             if record is not None:
                 self.node.log("info", "jobs", self._seen_line(record))
-        for key, state in result.moved:
+        for key, state in [*result.moved, *self.sessions.sync()]:
             self.node.log("info", "jobs", f"{key_text(key)} is now {state}")
             self._release_after.pop(key, None)
         self._apply_policy()
+        self.sessions.apply_policy()
         self._give_back_late_claims()
         self._schedule_releases()
+        self.sessions.schedule(self.now())
         for pending in self.book.pending_effects():
             self._ensure_drive(pending)
         self.publish()
@@ -262,15 +266,23 @@ class JobPipeline:
         if sender is None or self.node.chain_refusal() is not None:
             return None  # locked or read-only: it stays pending until the key is unlocked
         market = self.node.chain.contracts.contract(sender.w3, "JobMarketplace")
-        driver = EffectDriver(self.book, market, self.host)
+        driver = EffectDriver(
+            self.book, market, self.host, lambda p: self.sessions.call_for(p, market)
+        )
         task = asyncio.create_task(self._drive(driver, sender, pending))
         self._driving[pending.key] = task
         return task
 
-    async def _drive(self, driver: EffectDriver, sender: Any, pending: PendingEffect) -> None:
+    def _done_on_chain(self, pending: PendingEffect) -> bool:
+        """Whether the chain already shows this effect happened (then it is not sent)."""
+        if pending.key.kind == JobKind.SESSION:
+            return self.sessions.done_on_chain(pending)
         row = market_row(self.store, pending.key.job_id)
+        return row is not None and DONE_WHEN[pending.effect.action](row, self.host.lower())
+
+    async def _drive(self, driver: EffectDriver, sender: Any, pending: PendingEffect) -> None:
         try:
-            end = await driver.drive(sender, pending, row)
+            end = await driver.drive(sender, pending, lambda: self._done_on_chain(pending))
         except TxError as exc:  # RPC away, receipt timeout: still pending, next round retries
             self.node.log("warning", "jobs", f"{key_text(pending.key)}: {exc}; will retry")
             return
@@ -281,6 +293,13 @@ class JobPipeline:
         key, action = pending.key, pending.effect.action
         self.book.effect_done(key, end.result())
         tx = f" (tx {end.tx_hash})" if end.tx_hash else ""
+        if key.kind == JobKind.SESSION:
+            level: Any = "info" if end.ok else "warning"
+            said = "done" if end.ok else f"failed: {end.error}"
+            self.node.log(level, "jobs", f"{key_text(key)}: {action} {said}{tx}")
+            self.sessions.after(pending, end)
+            self.publish()
+            return
         if end.ok:
             self.node.log("info", "jobs", f"{key_text(key)}: {action} done{tx}")
             if action == "claim":

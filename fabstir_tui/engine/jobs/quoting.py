@@ -9,6 +9,7 @@ from fabstir_tui.engine.chain.txerrors import TxError
 from fabstir_tui.engine.jobs.market_sync import market_row
 from fabstir_tui.engine.jobs.quote import make_quote
 from fabstir_tui.engine.jobs.records import JobKey
+from fabstir_tui.engine.jobs.states import JobKind
 from fabstir_tui.engine.jobs.views import JobCommandError, JobQuote
 
 if TYPE_CHECKING:
@@ -25,7 +26,8 @@ async def quote_for(node: Node, pipeline: JobPipeline, key: JobKey) -> JobQuote:
     if record is None:
         raise JobCommandError(f"job {key.job_id} is not in the job book")
     view = pipeline.views.view(record)
-    row = market_row(pipeline.store, key.job_id)
+    # A session has no market row (its deposit and price are in the view); no claim to preview.
+    row = market_row(pipeline.store, key.job_id) if key.kind == JobKind.OPEN else None
     chain = node.chain
     refusal = node.chain_refusal()
     our_price: int | None = None
@@ -33,6 +35,11 @@ async def quote_for(node: Node, pipeline: JobPipeline, key: JobKey) -> JobQuote:
     gas: int | None = None
     symbol, decimals = "ETH", 18
     pool = chain.pool
+    if pool is not None and row is None and view.token:
+        try:
+            symbol, decimals = await chain.contracts.token_info(pool.web3(), view.token)
+        except Exception as exc:  # an RPC hiccup: the figure is shown in base units
+            node.log("debug", "jobs", f"quote: could not read the token: {exc}")
     if pool is not None and row is not None:
         w3 = pool.web3()
         try:

@@ -20,7 +20,7 @@ from fabstir_tui.engine.jobs.records import Effect, JobKey, JobRecord
 from fabstir_tui.engine.jobs.states import JobKind, JobState
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, SignedJobRequest, prompt_hash
 from fabstir_tui.engine.proofs.merkle import merkle_root
-from fabstir_tui.engine.proofs.receipt import output_hash, parse_receipt, receipt_hash
+from fabstir_tui.engine.proofs.receipt import ZERO_HASH, output_hash, parse_receipt, receipt_hash
 
 if TYPE_CHECKING:
     from fabstir_tui.engine.jobs.pipeline import JobPipeline
@@ -79,11 +79,20 @@ class JobRuns:
         return JobKey(JobKind.OPEN, self.pipeline.chain_id, self.pipeline.contract, job_id)
 
     def knows(self, request: JobRequest) -> bool:
-        """True when the request names a job in our book (it is then ours to judge)."""
+        """True when the request names a job or session in our book (ours to judge)."""
+        if request.session_id is not None:
+            sid = request.session_id
+            return sid.isdecimal() and self.book.get(self.pipeline.sessions.key(sid)) is not None
         job_id = request.job_id
         if job_id is None or not job_id.isdecimal():
             return False
         return self.book.get(self.key(job_id)) is not None
+
+    def prev_receipt(self, key: JobKey) -> str:
+        """What a run's receipt chains to: a session's newest receipt; zero for a job."""
+        if key.kind == JobKind.SESSION:
+            return self.pipeline.sessions.receipts.last_hash(key)
+        return ZERO_HASH
 
     def active(self, key: JobKey) -> bool:
         return key in self._running
@@ -94,7 +103,10 @@ class JobRuns:
     def check(self, request: JobRequest) -> RunTicket | Refusal:
         """Everything but the signature, cheapest first; nothing changes state here."""
         if request.job_id is None:
-            return Refusal("unauthorized", "sessions are not served by this node yet")
+            ticket = self.pipeline.sessions.check(request)
+            if isinstance(ticket, RunTicket) and ticket.key in self._running:
+                return Refusal("busy", f"{key_text(ticket.key)} is serving a request already")
+            return ticket
         if not request.job_id.isdecimal():
             return Refusal("malformed", "field 'job_id': a decimal job id")
         key = self.key(request.job_id)
@@ -141,8 +153,10 @@ class JobRuns:
         return expected
 
     def start(self, ticket: RunTicket) -> None:
-        """claimed → running, written before the first token is produced."""
-        self.book.transition(ticket.key, S.RUNNING, detail="running")
+        """claimed → running, written before the first token is produced (a session stays
+        active: its requests come and go)."""
+        if ticket.key.kind == JobKind.OPEN:
+            self.book.transition(ticket.key, S.RUNNING, detail="running")
         self._running[ticket.key] = RunProgress()
         self.pipeline.publish()
 
@@ -158,7 +172,7 @@ class JobRuns:
         """The run ended without an output to submit: back to claimed, the client may retry."""
         self._running.pop(key, None)
         record = self.book.get(key)
-        if record is not None and record.state == S.RUNNING:
+        if record is not None and record.state == S.RUNNING and key.kind == JobKind.OPEN:
             self.book.transition(key, S.CLAIMED, detail=f"run cut: {why}; the client may retry")
         self.pipeline.node.log("warning", "jobs", f"{key_text(key)}: run cut: {why}")
         self.pipeline.publish()
@@ -167,6 +181,9 @@ class JobRuns:
         """Kept for `verify`, then delivered (with the commitments), then submitted with the
         submit tx pending — each written before the next step."""
         run = self._running.pop(key, None)
+        if key.kind == JobKind.SESSION:
+            self._session_finished(key, done)
+            return
         record = self.book.get(key)
         if record is None or record.state != S.RUNNING:
             return
@@ -199,6 +216,18 @@ class JobRuns:
         )
         die_at("after_delivered")
         self.submit(key)
+
+    def _session_finished(self, key: JobKey, done: ArchivedJob) -> None:
+        leaf = None
+        if done.receipt is not None:
+            domain = AuthDomain.from_config(self.pipeline.node.config)
+            leaf = "0x" + receipt_hash(parse_receipt(done.receipt).receipt, domain).hex()
+        else:
+            self.pipeline.node.log(
+                "warning", "jobs", f"{key_text(key)}: a request ended without a receipt"
+            )
+        self.pipeline.sessions.finished(key, leaf, done.prompt_tokens + done.completion_tokens)
+        self.pipeline.publish()
 
     def submit(self, key: JobKey) -> None:
         """delivered → submitted, the submit tx written as pending first."""

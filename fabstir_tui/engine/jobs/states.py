@@ -64,7 +64,8 @@ OPEN_JOB_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
 }
 
 SESSION_TRANSITIONS: Mapping[JobState, frozenset[JobState]] = {
-    S.PENDING_APPROVAL: frozenset({S.ACTIVE, S.REJECTED}),
+    # The client may end a session (or it may time out) before the operator decided.
+    S.PENDING_APPROVAL: frozenset({S.ACTIVE, S.REJECTED, S.COMPLETED, S.TIMED_OUT}),
     S.ACTIVE: frozenset({S.COMPLETED, S.TIMED_OUT}),
     S.COMPLETED: frozenset(),
     S.TIMED_OUT: frozenset(),

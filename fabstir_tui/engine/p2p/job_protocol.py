@@ -56,6 +56,7 @@ from fabstir_tui.engine.p2p.request_auth import (
     RequestVerifier,
 )
 from fabstir_tui.engine.p2p.streams import frame_reader, serve_guarded, write_frame
+from fabstir_tui.engine.proofs.receipt import ZERO_HASH
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -426,6 +427,7 @@ class JobProtocol:
             output="".join(job.output),
             prompt_tokens=end.prompt_tokens,
             completion_tokens=end.completion_tokens,
+            prev_receipt_hash=self._prev_receipt(job),
         )
         try:
             issued = await asyncio.to_thread(issue_receipt, self.node, self.receipts, finished)
@@ -436,6 +438,13 @@ class JobProtocol:
             self.node.log("debug", "p2p", issued)
             return None
         return issued
+
+    def _prev_receipt(self, job: RunningJob) -> str:
+        """What this run's receipt chains to (a session's newest receipt)."""
+        jobs = self.node.jobs
+        if job.ticket is None or jobs is None:
+            return ZERO_HASH
+        return jobs.runs.prev_receipt(job.ticket.key)
 
     async def _cancel(self, job: RunningJob) -> None:
         job.finished = True

@@ -31,6 +31,7 @@ from fabstir_tui.engine.p2p.messages import VERSION, ErrorCode, error_frame, err
 from fabstir_tui.engine.p2p.request_auth import AuthDomain
 from fabstir_tui.engine.p2p.streams import frame_reader, serve_guarded, write_frame
 from fabstir_tui.engine.proofs import (
+    ZERO_HASH,
     BlobError,
     BlobStore,
     ReceiptError,
@@ -120,6 +121,7 @@ class FinishedJob:
     output: str
     prompt_tokens: int
     completion_tokens: int
+    prev_receipt_hash: str = ZERO_HASH  # a session's previous receipt: receipts form a chain
 
 
 def runtime_settings(node: Node, job: FinishedJob) -> dict[str, Any]:
@@ -174,6 +176,7 @@ def issue_receipt(node: Node, book: ReceiptBook, job: FinishedJob) -> dict[str, 
         completion_tokens=job.completion_tokens,
         job_id=job_id,
         session_id=session_id,
+        prev_receipt_hash=job.prev_receipt_hash,
     )
     signed = sign_receipt(account.key, domain, receipt)
     book.save(signed, domain)
