@@ -42,6 +42,7 @@ from fabstir_tui.ui.screens.logs import LogsScreen
 from fabstir_tui.ui.screens.models import ModelsScreen
 from fabstir_tui.ui.screens.peers import PeersScreen
 from fabstir_tui.ui.screens.playground import PlaygroundScreen
+from fabstir_tui.ui.screens.proofs import ProofsScreen
 from fabstir_tui.ui.screens.quit_confirm import QuitScreen, RunningWork
 from fabstir_tui.ui.themes import DEFAULT_THEME, domain_defaults, load_themes, user_theme_dir
 
@@ -54,6 +55,7 @@ SCREENS_BY_KEY = {
     "peers": "Peers",
     "models": "Models",
     "earnings": "Earnings",
+    "proofs": "Proofs",
     "logs": "Logs",
 }
 # Actions that make no sense while a dialog (help, quit, palette) is on top.
@@ -72,6 +74,7 @@ class FabstirApp(App[int]):
         Binding("3", "show('peers')", "Peers"),
         Binding("4", "show('models')", "Models"),
         Binding("5", "show('earnings')", "Earn", tooltip="Earnings"),
+        Binding("6", "show('proofs')", "Proofs"),
         Binding("7", "show('logs')", "Logs"),
         Binding("t", "cycle_theme", "Theme", show=False),  # in help; the footer needs room
         Binding("question_mark", "help", "Keys"),
@@ -107,6 +110,7 @@ class FabstirApp(App[int]):
         self.add_mode("peers", partial(PeersScreen, node))
         self.add_mode("models", partial(ModelsScreen, node))
         self.add_mode("earnings", partial(EarningsScreen, node))
+        self.add_mode("proofs", partial(ProofsScreen, node))
         self.add_mode("logs", partial(LogsScreen, node))
 
     # --- themes ---------------------------------------------------------------------------
@@ -221,6 +225,7 @@ class FabstirApp(App[int]):
             (ModelsScreen, "Models"),
             (PlaygroundScreen, "Playground"),
             (EarningsScreen, "Earnings"),
+            (ProofsScreen, "Proofs"),
             (LogsScreen, "Logs"),
         ):
             for binding in screen.BINDINGS:

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 from eth_utils.crypto import keccak
-from pipeline_kit import FEE_BPS, OTHER_MODEL, PRICE, WINDOW, make_rig, p2p_addr, start_node, until
+from pipeline_kit import (
+    ETH,
+    FEE_BPS,
+    OTHER_MODEL,
+    PRICE,
+    WINDOW,
+    make_rig,
+    p2p_addr,
+    start_node,
+    until,
+)
 
 from fabstir_tui.client.p2p import P2PRefused
 from fabstir_tui.client.p2p_job import P2PClient
@@ -141,5 +151,85 @@ async def test_requests_the_pipeline_refuses_each_say_why(tmp_path: Path, tiny_g
                 await node.claim_job(rig.key(late))
             still_open = [v.job_id for v in node.jobs_snapshot().market]
             assert still_open == [str(unclaimed)]  # refused requests left it claimable
+        finally:
+            await node.stop()
+
+
+@pytest.mark.slow
+async def test_auto_claims_dry_run_only_says_and_a_faster_host_wins(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    """Auto mode claims what the policy approves; dry run logs what it would do and claims
+    nothing; a job another host claims first is shown as lost, naming the winner."""
+    with Anvil(chain_id=31337, accounts=5) as anvil:
+        rig = make_rig(anvil, tiny_gguf, tmp_path)
+        rival = str(rig.w3.eth.accounts[4])
+        nodes = rig.contract("NodeRegistry", rig.deployment.node_registry)
+        stake = int(nodes.functions.minStake().call())
+        model = bytes.fromhex(rig.model_sha)
+        rig.send(nodes.functions.register([model], [PRICE], ETH, rival, "{}"), rival, stake)
+
+        node = await start_node(rig, mode="auto", dry_run=True)
+        try:
+            dry = rig.post(PROMPT)
+            await until(
+                lambda: any("dry run, would approve" in r.message for r in node.recent_logs())
+            )
+            assert rig.job(dry)["host"] == ETH  # nothing was claimed
+            assert [v.job_id for v in node.jobs_snapshot().market] == [str(dry)]
+        finally:
+            await node.stop()
+
+        node = await start_node(rig, mode="auto")
+        try:
+            await until(lambda: rig.job(dry)["host"] == rig.host)  # the policy claimed it
+            assert node.jobs.book.get(rig.key(dry)).state == JobState.CLAIMED
+            history = [t.to_state for t in node.jobs.book.history(rig.key(dry))]
+            assert history[:3] == [JobState.SEEN, JobState.APPROVED, JobState.CLAIMED]
+        finally:
+            await node.stop()
+
+        node = await start_node(rig)  # manual: the job waits in the market…
+        try:
+            raced = rig.post(PROMPT)
+            await until(lambda: any(v.job_id == str(raced) for v in node.jobs_snapshot().market))
+            rig.send(rig.market.functions.claimJob(raced), rival)  # …and a rival takes it
+            lost = await until(
+                lambda: next((v for v in node.jobs_snapshot().done if v.job_id == str(raced)), None)
+            )
+            assert lost.state == JobState.LOST and lost.lost_to == rival
+            assert node.jobs_snapshot().lost_count == 1
+            with pytest.raises(JobCommandError, match="not open for a claim"):
+                await node.claim_job(rig.key(raced))
+        finally:
+            await node.stop()
+
+
+@pytest.mark.slow
+async def test_a_claim_whose_prompt_never_comes_is_given_back(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    """DESIGN §11.8: past jobs.prompt_delivery_s without the client's prompt the node unclaims
+    (the escrow stays with the client, the job is open again) and says what the gas cost."""
+    with Anvil(chain_id=31337, accounts=4) as anvil:
+        rig = make_rig(anvil, tiny_gguf, tmp_path)
+        node = await start_node(rig, prompt_delivery_s=2)
+        try:
+            job_id = rig.post(PROMPT)
+            key = rig.key(job_id)
+            await until(lambda: any(v.key == key for v in node.jobs_snapshot().market))
+            await node.claim_job(key)
+            await until(lambda: node.jobs.book.get(key).state == JobState.UNCLAIMED)
+            await until(lambda: not node.jobs.book.pending_effects())
+            on_chain = rig.job(job_id)
+            assert on_chain["host"] == ETH and on_chain["status"] == 1  # open again
+            record = node.jobs.book.get(key)
+            assert "no prompt within 2 s" in (record.detail or "")
+            [unclaim] = [t for t in node.jobs.book.history(key) if t.effect is not None][-1:]
+            assert unclaim.effect is not None and unclaim.effect.action == "unclaim"
+            assert unclaim.effect_status == "done" and unclaim.effect_result is not None
+            assert int(str(unclaim.effect_result["fee_wei"])) > 0  # the gas it cost, recorded
+            said = [r.message for r in node.recent_logs() if r.source == "jobs"]
+            assert any("giving it back" in m for m in said)
         finally:
             await node.stop()

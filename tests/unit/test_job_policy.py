@@ -70,14 +70,14 @@ def test_a_job_passing_every_rule_is_approved() -> None:
             job(model_id="llama-70b"),
             GOOD_FACTS,
             auto(),
-            Verdict.REJECT,
+            Verdict.LEAVE,
             "model llama-70b is not loaded (loaded: smollm2)",
         ),
         (
             GOOD_JOB,
             facts(loaded_models=frozenset()),
             auto(),
-            Verdict.REJECT,
+            Verdict.LEAVE,
             "model smollm2 is not loaded (loaded: nothing)",
         ),
         (
@@ -181,11 +181,11 @@ def test_every_failing_rule_is_listed_and_reject_wins_over_leave() -> None:
     decision = decide(bad, facts(gpu_temp_c=None, queue_depth=7), auto(client_deny=[BOB]))
     assert decision.verdict is Verdict.REJECT
     assert decision.reasons == (
-        "model other is not loaded (loaded: smollm2)",
         "price 5/M is below the floor 2,000/M",
         "max tokens 10,000 is above the cap 512",
         f"client {BOB} is on the deny list",
         f"client {BOB} is not on the allow list",
+        "model other is not loaded (loaded: smollm2)",
         "GPU temperature is unknown (limit 80 °C)",
         "queue holds 7 jobs, the most is 2",
     )

@@ -72,8 +72,10 @@ def _model_rule(job: PolicyJob, facts: NodeFacts) -> tuple[list[str], list[str]]
         return [], ["the model is not known yet"]
     if job.model_id in facts.loaded_models:
         return [], []
+    # Not loaded is the node's moment, not the job's fault: the model may be loading, or the
+    # operator may load it; so the job is left, never rejected for it.
     loaded = ", ".join(sorted(facts.loaded_models)) or "nothing"
-    return [f"model {job.model_id} is not loaded (loaded: {loaded})"], []
+    return [], [f"model {job.model_id} is not loaded (loaded: {loaded})"]
 
 
 def _price_rule(job: PolicyJob, config: JobsSection) -> tuple[list[str], list[str]]:
@@ -126,10 +128,10 @@ def _queue_rule(facts: NodeFacts, config: JobsSection) -> list[str]:
 def decide(job: PolicyJob | JobRecord, facts: NodeFacts, config: JobsSection) -> Decision:
     """Apply every rule and list every failure; only auto mode approves, nothing approves late.
 
-    Failures of what the job is (model, price, tokens, client) reject it; failures of the
-    node's moment (GPU heat or unknown heat, a full queue) or unknown job facts leave it to
-    the operator. A passed deadline rejects in either mode: there is nothing left to decide.
-    Manual mode always leaves the rest, with the reasons auto would have used.
+    Failures of what the job is (price, tokens, client) reject it; failures of the node's
+    moment (model not loaded, GPU heat or unknown heat, a full queue) or unknown job facts
+    leave it to the operator. A passed deadline rejects in either mode: there is nothing left
+    to decide. Manual mode always leaves the rest, with the reasons auto would have used.
     """
     facts_of_job = policy_job(job) if isinstance(job, JobRecord) else job
     auto = config.mode == "auto"

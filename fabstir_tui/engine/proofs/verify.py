@@ -269,11 +269,16 @@ def _top_k(
         return
     outside = sum(1 for rank in ranks if rank > k)
     got, expected = scored["pieces"][bad], scored["best_pieces"][bad]
+    regenerated = any(c.name == "exact regeneration" and c.status == "pass" for c in report.checks)
+    # Text that does not re-tokenise into the tokens generated (stray bytes, odd merges)
+    # scores low teacher-forced; when the same runtime reproduced it exactly, that stronger
+    # check decides and top-k is reported, not counted against the host.
     report.add(
         "top-k",
-        "fail",
+        "skip" if regenerated else "fail",
         f"{outside} of {len(ranks)} tokens outside top-{k} ({why}); first at output token "
-        f"{bad}: got {got!r} (rank {ranks[bad]}), the model expected {expected!r}",
+        f"{bad}: got {got!r} (rank {ranks[bad]}), the model expected {expected!r}"
+        + ("; not counted: the exact regeneration matched" if regenerated else ""),
         **data,
         outside=outside,
         first_outside={"position": bad, "got": got, "expected": expected, "rank": ranks[bad]},

@@ -1,4 +1,5 @@
-"""Dashboard (key 1): the node at a glance — GPUs with history, the loaded model, host load."""
+"""Dashboard (key 1): the node at a glance — GPUs with history, the job queue and earnings in
+two lines each, the loaded model, host load."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from textual.reactive import var
 from textual.widgets import Footer
 
 from fabstir_tui.engine import events as ev
+from fabstir_tui.engine.jobs.pipeline import inactive_reason
+from fabstir_tui.engine.jobs.views import JobsChanged
 from fabstir_tui.engine.node import NodeSnapshot
 from fabstir_tui.ui import messages as msg
 from fabstir_tui.ui.screens.base import LiveScreen
@@ -17,6 +20,7 @@ from fabstir_tui.ui.widgets.gpu_area import GpuArea
 from fabstir_tui.ui.widgets.host_panel import HostPanel
 from fabstir_tui.ui.widgets.model_panel import ModelPanel, RunFigures
 from fabstir_tui.ui.widgets.status_header import StatusHeader
+from fabstir_tui.ui.widgets.work_summary import EarningsSummaryPanel, JobsSummaryPanel
 
 
 class DashboardScreen(LiveScreen):
@@ -26,6 +30,7 @@ class DashboardScreen(LiveScreen):
         ev.GenerationStarted,
         ev.GenerationFinished,
         ev.GenerationFailed,
+        JobsChanged,
     )
 
     last_runs: var[dict[str, RunFigures]] = var(dict)
@@ -36,6 +41,9 @@ class DashboardScreen(LiveScreen):
         yield GpuArea(
             self.node.config.telemetry.history, self.node.telemetry.history, id="gpu-area"
         )
+        with Horizontal(id="dashboard-work"):
+            yield JobsSummaryPanel(id="jobs-summary-panel")
+            yield EarningsSummaryPanel(id="earnings-summary-panel")
         with Horizontal(id="dashboard-bottom"):
             yield ModelPanel(id="model-panel")
             yield HostPanel(id="host-panel")
@@ -44,6 +52,30 @@ class DashboardScreen(LiveScreen):
     def live_mount(self, snapshot: NodeSnapshot) -> None:
         if snapshot.gpu is not None:
             self.query_one(GpuArea).record(snapshot.gpu)
+        self.query_one(EarningsSummaryPanel).status = snapshot.chain
+        self._draw_jobs(self.node.jobs_snapshot())
+
+    def _draw_jobs(self, jobs: JobsChanged) -> None:
+        node, panel = self.node, self.query_one(JobsSummaryPanel)
+        why = ""
+        if node.jobs is None:
+            if not node.config.chain.enabled:
+                why = "no chain configured"
+            elif node.state == "running":
+                why = inactive_reason(node) or "no node key (keystore)"
+        panel.off = f"Pipeline off: {why}" if why else ""
+        panel.jobs = jobs if node.jobs is not None else None
+
+    def on_engine_node_state_changed(self, message: msg.NodeStateChanged) -> None:
+        super().on_engine_node_state_changed(message)
+        self._draw_jobs(self.node.jobs_snapshot())
+
+    def on_engine_jobs_changed(self, message: msg.JobsChanged) -> None:
+        self._draw_jobs(message.event)
+
+    def on_engine_chain_status(self, message: msg.ChainStatus) -> None:
+        super().on_engine_chain_status(message)
+        self.query_one(EarningsSummaryPanel).status = message.event
 
     def draw_telemetry(self) -> None:
         super().draw_telemetry()
