@@ -104,7 +104,15 @@ def main_group(
         ctx.exit(_run_node(ctx, headless=headless))
 
 
-def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: bool = False) -> int:
+def _run_node(
+    ctx: click.Context,
+    *,
+    headless: bool,
+    demo: bool = False,
+    once: bool = False,
+    auto: bool = False,
+    duration_s: float | None = None,
+) -> int:
     from fabstir_tui.engine.inference.demo_model import demo_model_path
 
     extra: dict[str, object] | None = None
@@ -126,10 +134,13 @@ def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: b
             # The Peers screen and the job protocol on loopback only: nothing leaves the machine.
             extra["p2p.enabled"] = True
             extra["p2p.listen_addrs"] = ["/ip4/127.0.0.1/tcp/0"]
+        if auto:  # the policy approves; manual (the operator's `c`) stays the default
+            extra["jobs.mode"] = "auto"
         demo_dir = base.config.paths.data_dir
         if "paths.data_dir" not in ctx.obj.cli:
             demo_dir = demo_dir / "demo"
             extra["paths.data_dir"] = demo_dir
+        from fabstir_tui.commands.demo_chain import DemoChain as DemoChainType
         from fabstir_tui.commands.demo_chain import start_demo_chain
         from fabstir_tui.commands.devnet_setup import SetupInterrupted
         from fabstir_tui.commands.headless import EXIT_INTERRUPTED
@@ -139,8 +150,22 @@ def _run_node(ctx: click.Context, *, headless: bool, demo: bool = False, once: b
         except SetupInterrupted as exc:
             return fail(f"demo stopped by {exc} while its devnet was starting", EXIT_INTERRUPTED)
         extra.update(chain.config_extra())  # the devnet's [chain], key and store, as "demo"
+        if isinstance(chain, DemoChainType):
+            # --once ends after its prompt: nothing to register. Headless without --auto has
+            # nobody to press `c`, so its clients would only wait: the node registers alone.
+            chain.register = not once
+            chain.clients = not once and (auto or not headless)
+            chain.summary = headless and not once
     try:
-        return _serve(ctx, extra, headless=headless, model=model, once=once, chain=chain)
+        return _serve(
+            ctx,
+            extra,
+            headless=headless,
+            model=model,
+            once=once,
+            chain=chain,
+            duration_s=duration_s,
+        )
     finally:
         if chain is not None:  # the node has stopped by now: anvil goes last
             chain.stop()
@@ -154,6 +179,7 @@ def _serve(
     model: Path | None,
     once: bool,
     chain: DemoChain | ChainlessDemo | None,
+    duration_s: float | None = None,
 ) -> int:
     """Run the node headless or under the TUI until it stops."""
     from fabstir_tui.engine.node import Node
@@ -164,11 +190,25 @@ def _serve(
     if headless:
         from fabstir_tui.commands.headless import run_headless
 
-        return asyncio.run(run_headless(node, demo_model=model, once=once, after_start=after_start))
+        before_stop = chain.before_stop if chain is not None else None
+        return asyncio.run(
+            run_headless(
+                node,
+                demo_model=model,
+                once=once,
+                after_start=after_start,
+                before_stop=before_stop,
+                duration_s=duration_s,
+            )
+        )
     from fabstir_tui.ui.app import FabstirApp
 
     app = FabstirApp(
-        node, config, demo_model=str(model) if model else None, after_start=after_start
+        node,
+        config,
+        demo_model=str(model) if model else None,
+        after_start=after_start,
+        before_stop=chain.before_stop if chain is not None else None,
     )
     app.run()
     return app.return_code or EXIT_OK
@@ -177,10 +217,26 @@ def _serve(
 @main_group.command()
 @click.option("--headless", is_flag=True, help="No screen: load, run one prompt, keep serving.")
 @click.option("--once", is_flag=True, help="With --headless: exit after the demo prompt.")
+@click.option(
+    "--auto", is_flag=True, help="Claim the clients' jobs by policy (default: you press c)."
+)
+@click.option(
+    "--duration",
+    "duration_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --headless: stop after this many seconds and print the summary.",
+)
 @click.pass_context
-def demo(ctx: click.Context, headless: bool, once: bool) -> None:
-    """The embedded default: demo model loaded, playground ready."""
-    ctx.exit(_run_node(ctx, headless=headless, demo=True, once=once))
+def demo(
+    ctx: click.Context, headless: bool, once: bool, auto: bool, duration_s: float | None
+) -> None:
+    """Devnet, contracts, the node registered with the demo model, simulated clients posting
+    jobs; approve them in the TUI with c, or by policy with --auto."""
+    if duration_s is not None and not headless:
+        ctx.exit(fail("--duration works with --headless only", EXIT_USAGE))
+    ctx.exit(
+        _run_node(ctx, headless=headless, demo=True, once=once, auto=auto, duration_s=duration_s)
+    )
 
 
 @main_group.command()

@@ -8,12 +8,15 @@ the demo still runs, without a chain, after a warning.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fabstir_tui.commands.demo_clients import DemoMarket, DemoRunner, demo_summary, wait_follower
 from fabstir_tui.commands.devnet_setup import (
     SETUP_ERRORS,
     Devnet,
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
     from fabstir_tui.engine.node import Node
 
 DEMO_CHAIN_ID = 31337
+# The marketplace's dispute window on the demo devnet: short, so that a payment the node
+# releases after the window shows within a demo run (a real chain uses an hour or more).
+DEMO_DISPUTE_WINDOW_S = 20
 # Interval mining like `fabstir-tui devnet` (deploys still run a block per transaction): the
 # demo's chain should feel like a real one, and nothing in `demo --once` waits for a block.
 DEMO_BLOCK_TIME_S = 1.0
@@ -136,6 +142,10 @@ class DemoChain:
     address: str
     node_dir: Path
     pending: list[str] = field(default_factory=list)  # set-up lines for the node's log
+    register: bool = False  # register the node for the demo model once it runs
+    clients: bool = False  # and run the simulated clients (needs `register`)
+    summary: bool = False  # print the headless summary line on stdout at stop
+    runner: DemoRunner | None = None
 
     def config_extra(self) -> dict[str, object]:
         """Dotted config keys for the demo's layer: the devnet's [chain], key and store."""
@@ -160,6 +170,44 @@ class DemoChain:
             node.log("warning", "demo", f"the demo key stays locked: {exc}")
             return
         node.log("info", "demo", f"demo node key {self.address} unlocked")
+        if self.register:
+            try:
+                market = self.market()
+            except RuntimeError as exc:
+                node.log("warning", "demo", f"the demo node is not registered: {exc}")
+                return
+            self.runner = DemoRunner(node, market, clients=self.clients)
+            self.runner.start()
+
+    def market(self) -> DemoMarket:
+        """The devnet's contracts and the demo model, for registration and the clients."""
+        from fabstir_tui.engine.inference.demo_model import demo_model_path
+
+        info = self.devnet.info
+        model = demo_model_path()
+        if model is None:
+            raise RuntimeError("the demo model is missing (run `make bootstrap`)")
+        d = info.deployment
+        return DemoMarket(
+            info.rpc_url, info.chain_id, d.job_marketplace, d.node_registry, d.token, model
+        )
+
+    async def before_stop(self, node: Node) -> None:
+        """Stop the simulated clients (cancelled and awaited), then, headless, print the
+        summary once the node's follower has caught up with the chain."""
+        if self.runner is not None:
+            await self.runner.stop()
+        if not self.summary:
+            return
+        head: int | None = None
+        with contextlib.suppress(Exception):  # no head: the summary says what the node has
+            head = int(await asyncio.to_thread(self.devnet.anvil.rpc, "eth_blockNumber"), 16)
+        if head is not None:
+            await wait_follower(node, head)
+        line, block = demo_summary(node, self.devnet.info.deployment.token)
+        node.log("info", "demo", f"summary as of block {block}: {line}")
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
     def stop(self) -> None:
         """Stop anvil (its process group); the node must be stopped already."""
@@ -184,6 +232,9 @@ class ChainlessDemo:
         if self.log_later:
             node.log("warning", "demo", f"the demo runs without a chain: {self.reason}")
 
+    async def before_stop(self, node: Node) -> None:
+        """No clients ran."""
+
     def stop(self) -> None:
         """Nothing runs."""
 
@@ -202,7 +253,12 @@ def start_demo_chain(demo_dir: Path, *, log_later: bool) -> DemoChain | Chainles
         find_anvil()  # before writing anything: without anvil the demo is the old one
         account = demo_account()
         keystore = ensure_demo_keystore(demo_dir, account, note)
-        devnet = start_devnet(block_time_s=DEMO_BLOCK_TIME_S, chain_id=DEMO_CHAIN_ID, progress=note)
+        devnet = start_devnet(
+            block_time_s=DEMO_BLOCK_TIME_S,
+            chain_id=DEMO_CHAIN_ID,
+            progress=note,
+            dispute_window_s=DEMO_DISPUTE_WINDOW_S,
+        )
         node_dir = fresh_node_dir(demo_dir)
         info = devnet.info
         note(

@@ -32,6 +32,7 @@ from fabstir_tui.engine.chain.anvil import (
 )
 from fabstir_tui.engine.chain.artifacts import ArtifactError, load_artifact
 from fabstir_tui.engine.chain.deploy import (
+    DISPUTE_WINDOW_S,
     DeployError,
     Deployment,
     DeployParams,
@@ -288,11 +289,14 @@ def start_devnet(
     chain_id: int,
     progress: Progress,
     config_path: Path | None = None,
+    dispute_window_s: int = DISPUTE_WINDOW_S,
 ) -> Devnet:
     """Start anvil, deploy the suite with the demo model approved, fund the test accounts and
     write the config when `config_path` is given; on any failure anvil is already stopped.
 
     `progress` sees each step and may raise to abandon set-up between steps.
+    `dispute_window_s`: the marketplace's dispute window (the demo shortens it, so payments
+    show within a demo run).
     """
     if chain_id in MAINNET_CHAIN_IDS:
         raise ValueError(f"chain id {chain_id} is {MAINNET_CHAIN_IDS[chain_id]}")
@@ -310,7 +314,7 @@ def start_devnet(
         anvil.start()
         guard = start_guard(anvil.pid)
         progress(f"anvil listening on {anvil.http_url} (pid {anvil.pid})")
-        info = _deploy(anvil, progress, block_time_s, config_path)
+        info = _deploy(anvil, progress, block_time_s, config_path, dispute_window_s)
         if config_path is not None:
             progress(f"writing the devnet config {config_path}")
             write_atomic(config_path, devnet_toml(info))
@@ -322,7 +326,11 @@ def start_devnet(
 
 
 def _deploy(
-    anvil: Anvil, progress: Progress, block_time_s: float, config_path: Path | None
+    anvil: Anvil,
+    progress: Progress,
+    block_time_s: float,
+    config_path: Path | None,
+    dispute_window_s: int = DISPUTE_WINDOW_S,
 ) -> DevnetInfo:
     """Deploy, approve the demo model and fund every test account on a running anvil."""
     # Deploy with a block per transaction, then restore the block time: ready in about a
@@ -333,7 +341,7 @@ def _deploy(
     w3 = Web3(Web3.HTTPProvider(anvil.http_url, request_kwargs={"timeout": 30}))
     deployer = str(w3.eth.accounts[0])
     models, notes = demo_model_approval(progress)
-    params = DeployParams(approved_models=tuple(models))
+    params = DeployParams(approved_models=tuple(models), dispute_window_s=dispute_window_s)
     deployment = deploy_suite(w3, deployer, params, progress)
     accounts = devnet_accounts(anvil.accounts)
     anvil_accounts = [str(a).lower() for a in w3.eth.accounts]

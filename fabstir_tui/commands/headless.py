@@ -24,6 +24,7 @@ _RANK = {"debug": 0, "info": 1, "warning": 2, "error": 3}
 EXIT_INTERRUPTED = 130
 DEMO_PROMPT = "In two sentences, what does a GPU do when it runs a language model?"
 AfterStart = Callable[[Node], Awaitable[None]]
+BeforeStop = Callable[[Node], Awaitable[None]]
 
 
 def _stamp(ts: float) -> str:
@@ -90,16 +91,28 @@ async def run_headless(
     once: bool = False,
     max_tokens: int = 64,
     after_start: AfterStart | None = None,
+    before_stop: BeforeStop | None = None,
+    duration_s: float | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT/SIGHUP, then stop: workers exit, the store closes cleanly.
+    """Run until SIGTERM/SIGINT/SIGHUP (or `duration_s` seconds), then stop: workers exit,
+    the store closes cleanly.
 
     A signal during start-up, a model load or the demo prompt interrupts it at once.
-    `after_start` runs once the node has started (the demo unlocks its devnet key there).
+    `after_start` runs once the node has started (the demo unlocks its devnet key there);
+    `before_stop` runs before the node stops, even after a failure (the demo stops its
+    simulated clients and prints its summary there).
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
+    expired = asyncio.Event()
+
+    def time_up() -> None:
+        expired.set()
+        stop.set()
+
+    timer = loop.call_later(duration_s, time_up) if duration_s is not None else None
     printer = asyncio.create_task(_print_events(node))
     code = EXIT_OK
     try:
@@ -110,20 +123,29 @@ async def run_headless(
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await work
-            node.log("info", "node", "signal received during start-up: stopping")
+            why = f"{duration_s:g} s are up" if expired.is_set() else "signal received"
+            node.log("info", "node", f"{why} during start-up: stopping")
             code = EXIT_INTERRUPTED
         else:
             work.result()  # raises what start-up raised
             if not once:
                 node.log("info", "node", "running headless; SIGTERM or Ctrl-C stops the node")
                 await stopper
-                node.log("info", "node", "signal received: stopping")
+                why = f"{duration_s:g} s are up" if expired.is_set() else "signal received"
+                node.log("info", "node", f"{why}: stopping")
         stopper.cancel()
     except InferenceError as exc:
         code = fail(str(exc), EXIT_FAILED)
     except (StoreError, OSError) as exc:
         code = fail(str(exc), EXIT_USAGE)
     finally:
+        if timer is not None:
+            timer.cancel()
+        if before_stop is not None:
+            try:
+                await before_stop(node)
+            except Exception as exc:  # the node must still stop cleanly
+                node.log("error", "node", f"before stopping: {exc!r}")
         await node.stop()
         await asyncio.sleep(0)
         node.bus.close()  # ends the printer's subscription once it has drained

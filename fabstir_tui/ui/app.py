@@ -89,6 +89,7 @@ class FabstirApp(App[int]):
         start_node: bool = True,
         demo_model: str | None = None,
         after_start: Callable[[Node], Awaitable[None]] | None = None,
+        before_stop: Callable[[Node], Awaitable[None]] | None = None,
     ) -> None:
         super().__init__()
         self.node = node
@@ -96,6 +97,7 @@ class FabstirApp(App[int]):
         self._start_node = start_node
         self._demo_model = demo_model
         self._after_start = after_start  # the demo: replay devnet set-up, unlock its key
+        self._before_stop = before_stop  # the demo: stop its simulated clients first
         self.in_flight: dict[str, str] = {}  # request id -> model name, kept by the playground
         self._announced: deque[ModelLoadFailed | ModelWorkerDied] = deque(maxlen=64)
         self._notified: deque[tuple[str, str]] = deque(maxlen=32)
@@ -195,7 +197,17 @@ class FabstirApp(App[int]):
     async def on_unmount(self) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        await self.node.stop()  # idempotent; the normal path stopped it before exit
+        await self._stop_node()  # idempotent; the normal path stopped it before exit
+
+    async def _stop_node(self) -> None:
+        """Run the before-stop hook once (never a second time), then stop the node."""
+        hook, self._before_stop = self._before_stop, None
+        if hook is not None:
+            try:
+                await hook(self.node)
+            except Exception as exc:  # the node must stop whatever the hook did
+                self.node.log("error", "node", f"before stopping: {exc}")
+        await self.node.stop()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_failure(self.node, self, event)
@@ -407,7 +419,7 @@ class FabstirApp(App[int]):
     async def _shut_down(self, hung_up: bool = False) -> None:
         self.notify("Stopping the node…", title="Quit", timeout=30)
         try:
-            await self.node.stop()
+            await self._stop_node()
         finally:
             if hung_up and not self.is_headless:  # never in tests: it would end pytest
                 # Seen here: Textual's writer deadlocked restoring a terminal that no longer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,9 +111,16 @@ def describe(action: ChainAction) -> str:
     raise AssertionError(action)
 
 
-def registration_metadata(api_url: str, gpus: list[str], peer_id: str = "") -> str:
+def registration_metadata(
+    api_url: str, gpus: list[str], peer_id: str = "", multiaddrs: Sequence[str] = ()
+) -> str:
     """The registry's metadata JSON; parts that do not exist yet stay empty (DESIGN §4)."""
-    document = {"peer_id": peer_id, "multiaddrs": [], "api_url": api_url, "gpus": gpus}
+    document = {
+        "peer_id": peer_id,
+        "multiaddrs": list(multiaddrs),
+        "api_url": api_url,
+        "gpus": gpus,
+    }
     return json.dumps(document, separators=(",", ":"), sort_keys=True)
 
 
