@@ -329,8 +329,8 @@ async def run_job(
                 async for event in stream:
                     if isinstance(event, TokenFrame):
                         pieces.extend(event.pieces)
-                    else:
-                        end = event
+                    elif isinstance(event, EndFrame):
+                        end = event  # a QueuedFrame only says where it waits
         except P2PRefused as exc:
             if exc.code == "busy" and attempt < BUSY_RETRIES:
                 await asyncio.sleep(1.0)

@@ -36,6 +36,7 @@ from fabstir_tui.engine.p2p.messages import (
     ErrorFrame,
     InfoResponse,
     JobRequest,
+    QueuedFrame,
     TokenFrame,
     parse_job_reply,
 )
@@ -44,7 +45,7 @@ from fabstir_tui.engine.p2p.streams import close_quietly, frame_reader, write_fr
 from fabstir_tui.engine.proofs import ReceiptError, SignedReceipt, parse_receipt
 
 _CLIENT_LISTEN = ("/ip4/127.0.0.1/tcp/0",)
-JobEvent = TokenFrame | EndFrame
+JobEvent = QueuedFrame | TokenFrame | EndFrame
 
 
 def peer_id_for(key_pair: Any) -> str:

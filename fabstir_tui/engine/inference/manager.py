@@ -26,6 +26,7 @@ from fabstir_tui.engine.events import (
 )
 from fabstir_tui.engine.inference.gguf_meta import GgufError, GgufInfo, read_gguf
 from fabstir_tui.engine.inference.registry import model_key
+from fabstir_tui.engine.inference.slots import SlotQueue
 from fabstir_tui.engine.inference.stream import (
     GenerationRequest,
     InferenceError,
@@ -68,6 +69,7 @@ class ModelManager:
         self._starting: dict[str, WorkerProcess] = {}
         self._closed = False
         self._speeds: dict[str, deque[float]] = {}
+        self._slots: dict[str, SlotQueue] = {}
         self.gpu_offload: bool | None = None
 
     def loaded(self) -> list[LoadedModel]:
@@ -238,6 +240,14 @@ class ModelManager:
                 tokens_per_s=st.tokens_per_s,
             )
         )
+
+    def slot_queue(self, path: str) -> SlotQueue:
+        """The model's inference slots (inference.slots) and the requests waiting for them."""
+        key = model_key(path)
+        queue = self._slots.get(key)
+        if queue is None:
+            queue = self._slots[key] = SlotQueue(self.config.slots)
+        return queue
 
     def tokens_per_s(self, path: str) -> float | None:
         """Median decode speed of the model's recent generations (what a quote's run time

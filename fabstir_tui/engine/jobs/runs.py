@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from fabstir_tui.engine.jobs.archive import ArchivedJob
 from fabstir_tui.engine.jobs.effects import die_at, key_text
+from fabstir_tui.engine.jobs.market_sync import market_row
 from fabstir_tui.engine.jobs.records import Effect, JobKey, JobRecord
+from fabstir_tui.engine.jobs.sessions import session_row
 from fabstir_tui.engine.jobs.states import JobKind, JobState
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, SignedJobRequest, prompt_hash
 from fabstir_tui.engine.proofs.merkle import merkle_root
@@ -74,6 +76,7 @@ class JobRuns:
         self.pipeline = pipeline
         self.book = pipeline.book
         self._running: dict[JobKey, RunProgress] = {}
+        self._queued: dict[JobKey, int] = {}
 
     def key(self, job_id: str) -> JobKey:
         return JobKey(JobKind.OPEN, self.pipeline.chain_id, self.pipeline.contract, job_id)
@@ -95,7 +98,26 @@ class JobRuns:
         return ZERO_HASH
 
     def active(self, key: JobKey) -> bool:
-        return key in self._running
+        return key in self._running or key in self._queued
+
+    def queued(self, key: JobKey, position: int | None) -> None:
+        """Where a request waits for an inference slot (None: no longer waiting)."""
+        if position is None:
+            self._queued.pop(key, None)
+        else:
+            self._queued[key] = position
+        self.pipeline.publish()
+
+    def position(self, key: JobKey) -> int | None:
+        return self._queued.get(key)
+
+    def price_of(self, ticket: RunTicket) -> int:
+        """What the request pays per million tokens: the slot queue serves higher first."""
+        if ticket.key.kind == JobKind.SESSION:
+            session = session_row(self.pipeline.store, ticket.key.job_id)
+            return session.price if session is not None else 0
+        job = market_row(self.pipeline.store, ticket.key.job_id)
+        return (job.price or 0) if job is not None else 0
 
     def progress_of(self, key: JobKey) -> RunProgress | None:
         return self._running.get(key)
@@ -155,6 +177,7 @@ class JobRuns:
     def start(self, ticket: RunTicket) -> None:
         """claimed → running, written before the first token is produced (a session stays
         active: its requests come and go)."""
+        self._queued.pop(ticket.key, None)
         if ticket.key.kind == JobKind.OPEN:
             self.book.transition(ticket.key, S.RUNNING, detail="running")
         self._running[ticket.key] = RunProgress()

@@ -54,7 +54,7 @@ class ViewBuilder:
             deadline=record.deadline or 0,
             tokens=tokens,
             tokens_per_s=run.tokens_per_s if run is not None else None,
-            queue_position=None,
+            queue_position=self.pipeline.runs.position(record.key),
             lost_to=lost_to if record.state == JobState.LOST else "",
             detail=record.detail or "",
             preview=run.preview if run is not None else "",

@@ -21,22 +21,24 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from fabstir_tui.engine.inference.registry import model_key
-from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError, TokenStream
-from fabstir_tui.engine.jobs.archive import ArchivedJob
-from fabstir_tui.engine.jobs.runs import Refusal, RunTicket
+from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError
+from fabstir_tui.engine.p2p import job_link, job_turns
 from fabstir_tui.engine.p2p.frames import FrameError
+from fabstir_tui.engine.p2p.job_link import Batch, RunningJob
+from fabstir_tui.engine.p2p.job_turns import Pending
 from fabstir_tui.engine.p2p.messages import (
     JOB_PROTOCOL,
     MAX_PIECES,
     EndFrame,
     ErrorCode,
     JobRequest,
+    QueuedFrame,
     TokenFrame,
     error_frame,
     error_frame_for,
@@ -56,7 +58,6 @@ from fabstir_tui.engine.p2p.request_auth import (
     RequestVerifier,
 )
 from fabstir_tui.engine.p2p.streams import frame_reader, serve_guarded, write_frame
-from fabstir_tui.engine.proofs.receipt import ZERO_HASH
 
 if TYPE_CHECKING:
     from libp2p.abc import IHost
@@ -72,36 +73,6 @@ WRITE_TIMEOUT_S = 10.0
 BATCH_INTERVAL_S = 0.05
 NONCE_SWEEP_INTERVAL_S = 3600.0
 _FINISH = re.compile(r"[a-z][a-z0-9_]{0,31}")
-NOT_ALLOWLISTED = (
-    "this node serves /fabstir/job for jobs it has claimed (a signed request from the job's "
-    "poster) and to peers on its p2p.job_allowlist; peer {peer} is not on it and {why}"
-)
-
-
-@dataclass(slots=True)
-class Batch:
-    """What the engine produced since the last pull; `end` or `error` once it is over."""
-
-    pieces: list[str] = field(default_factory=list)
-    tokens: int = 0
-    end: EndFrame | None = None
-    error: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class RunningJob:
-    """One admitted request: its token stream and the batch pulls that read it."""
-
-    stream: TokenStream
-    model_name: str
-    request: JobRequest
-    model_sha256: str
-    model: LoadedModel
-    generation: GenerationRequest
-    finished: bool = False
-    counted: int = 0
-    output: list[str] = field(default_factory=list)
-    ticket: RunTicket | None = None
 
 
 class JobProtocol:
@@ -162,7 +133,30 @@ class JobProtocol:
         if isinstance(admitted, dict):
             await self._reply(stream, admitted)
             return
-        await self._stream_tokens(stream, bridge, admitted)
+        job = await self._wait_turn(stream, bridge, admitted)
+        if job is not None:
+            await self._stream_tokens(stream, bridge, job)
+
+    async def _wait_turn(
+        self, stream: Any, bridge: TrioBridge, pending: Pending
+    ) -> RunningJob | None:
+        """Queued frames while the request waits for a slot; the run once it has one."""
+        job: RunningJob | None = None
+        try:
+            while True:
+                turn = await bridge.call_asyncio(job_turns.next_turn, self.node, pending)
+                if isinstance(turn, RunningJob):
+                    job = turn
+                    return job
+                if isinstance(turn, dict):
+                    await self._reply(stream, turn)
+                    return None
+                frame = QueuedFrame(position=turn).to_frame()
+                await write_frame(stream, frame, timeout_s=WRITE_TIMEOUT_S)
+        finally:
+            if job is None:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await bridge.call_asyncio(job_turns.abandon, self.node, pending, self._wind_up)
 
     async def _stream_tokens(self, stream: Any, bridge: TrioBridge, job: RunningJob) -> None:
         """Pull batches and write them; a failed write or a cancel stops the generation."""
@@ -179,9 +173,8 @@ class JobProtocol:
                     await write_frame(stream, batch.error, timeout_s=WRITE_TIMEOUT_S)
                     return
         finally:
-            if not job.finished:
-                with trio.CancelScope(shield=True), trio.move_on_after(5):
-                    await bridge.call_asyncio(self._cancel, job)
+            with trio.CancelScope(shield=True), trio.move_on_after(5):
+                await bridge.call_asyncio(self._wind_up, job)
 
     async def _reply(self, stream: Any, frame: dict[str, Any]) -> None:
         await write_frame(stream, frame, timeout_s=WRITE_TIMEOUT_S)
@@ -214,7 +207,7 @@ class JobProtocol:
         except Exception:  # an unreadable keystore: no address to vouch for
             return ""
 
-    async def _admit(self, request: JobRequest, peer: str) -> RunningJob | dict[str, Any]:
+    async def _admit(self, request: JobRequest, peer: str) -> Pending | dict[str, Any]:
         """Auth, model lookup and generation start; an error frame when refused."""
         try:
             return await self._try_admit(request, peer)
@@ -222,28 +215,8 @@ class JobProtocol:
             self.node.log("error", "p2p", f"job request from {peer} failed: {exc}")
             return error_frame(ErrorCode.INTERNAL, "the node could not take the request")
 
-    def _pipeline_ticket(self, request: JobRequest, peer: str) -> RunTicket | dict[str, Any] | None:
-        """The pipeline's verdict on a request for one of its jobs, the allowlist's refusal,
-        or None for an allowlisted request outside the pipeline (served for free)."""
-        pipeline = self.node.jobs
-        allowlisted = peer in self.node.config.p2p.job_allowlist
-        if pipeline is None or (allowlisted and not pipeline.runs.knows(request)):
-            if allowlisted:
-                return None
-            why = "this node's job pipeline is off (see the log)"
-            return error_frame(ErrorCode.UNAUTHORIZED, NOT_ALLOWLISTED.format(peer=peer, why=why))
-        checked = pipeline.runs.check(request)
-        if isinstance(checked, Refusal):
-            return error_frame(checked.code, checked.message)
-        if request.auth is None:
-            return error_frame(
-                ErrorCode.UNAUTHORIZED,
-                f"job {request.job_id} needs a request signed by its poster (field 'auth')",
-            )
-        return checked
-
-    async def _try_admit(self, request: JobRequest, peer: str) -> RunningJob | dict[str, Any]:
-        ticket = self._pipeline_ticket(request, peer)
+    async def _try_admit(self, request: JobRequest, peer: str) -> Pending | dict[str, Any]:
+        ticket = job_link.pipeline_ticket(self.node, request, peer)
         if isinstance(ticket, dict):
             return ticket
         if request.auth is not None:
@@ -267,18 +240,9 @@ class JobProtocol:
             else request.temperature,
             seed=self._seed_for(request),
         )
-        try:
-            token_stream = self.node.generate(path, generation)
-        except InferenceError as exc:
-            return error_frame(ErrorCode.BUSY, f"{name} cannot take the request now: {exc}")
-        except Exception as exc:  # our bug: say so briefly, log the rest
-            self.node.log("error", "p2p", f"job start failed: {exc}")
-            return error_frame(ErrorCode.INTERNAL, "the node could not start the generation")
-        running = RunningJob(token_stream, name, request, sha256, model, generation)
-        if ticket is not None and self.node.jobs is not None:
-            running.ticket = ticket
-            self.node.jobs.runs.start(ticket)
-        return running
+        jobs = self.node.jobs
+        price = jobs.runs.price_of(ticket) if ticket is not None and jobs is not None else 0
+        return Pending(request, path, name, sha256, model, generation, ticket, price)
 
     def _seed_for(self, request: JobRequest) -> int:
         """The seed the job really runs with, chosen here so its receipt can name it."""
@@ -346,7 +310,7 @@ class JobProtocol:
             batch.tokens = len(batch.pieces)
             job.counted += batch.tokens
             job.output.extend(batch.pieces)
-            self._progress(job, batch)
+            job_link.progress(self.node, job, batch)
             return batch
         except StopAsyncIteration:
             job.finished = True
@@ -361,59 +325,13 @@ class JobProtocol:
                 finish_reason=finish,
             )
             batch.end = replace(batch.end, receipt=await self._receipt_for(job, batch.end))
-            self._finished(job, batch.end)
+            job_link.finished(self.node, job, batch.end)
         except InferenceError as exc:
             job.finished = True
             batch.tokens = len(batch.pieces)
             batch.error = error_frame(ErrorCode.INTERNAL, f"{job.model_name} failed: {exc}")
-            self._cut(job, f"{job.model_name} failed: {exc}")
+            job_link.cut(self.node, job, f"{job.model_name} failed: {exc}")
         return batch
-
-    def _progress(self, job: RunningJob, batch: Batch) -> None:
-        if job.ticket is not None and self.node.jobs is not None:
-            self.node.jobs.runs.progress(job.ticket.key, batch.pieces, batch.tokens)
-
-    def _finished(self, job: RunningJob, end: EndFrame) -> None:
-        """A pipeline job's end: the pipeline records delivery and submits (the client already
-        has everything it needs in the end frame)."""
-        if job.ticket is None or self.node.jobs is None:
-            return
-        if end.finish_reason == "cancelled":
-            self._cut(job, "the generation was cancelled")
-            return
-        key = job.ticket.key
-        gen = job.generation
-        done = ArchivedJob(
-            kind=key.kind.value,
-            chain_id=key.chain_id,
-            contract=key.contract,
-            job_id=key.job_id,
-            prompt=gen.prompt or "",
-            output="".join(job.output),
-            model_sha256=job.model_sha256,
-            receipt=end.receipt,
-            generation={
-                "temperature": gen.temperature,
-                "top_k": gen.top_k,
-                "top_p": gen.top_p,
-                "min_p": gen.min_p,
-                "repeat_penalty": gen.repeat_penalty,
-                "seed": gen.seed,
-                "max_tokens": gen.max_tokens,
-            },
-            prompt_tokens=end.prompt_tokens,
-            completion_tokens=end.completion_tokens,
-            finished_at=time.time(),
-        )
-        try:
-            self.node.jobs.runs.finish(key, done)
-        except Exception as exc:  # a full disk: the run is cut, the client may retry
-            self.node.log("error", "jobs", f"job {key.job_id}: could not record its end: {exc}")
-            self._cut(job, f"its end could not be recorded: {exc}")
-
-    def _cut(self, job: RunningJob, why: str) -> None:
-        if job.ticket is not None and self.node.jobs is not None:
-            self.node.jobs.runs.cut(job.ticket.key, why)
 
     async def _receipt_for(self, job: RunningJob, end: EndFrame) -> dict[str, Any] | None:
         """The signed receipt's wire form, or None (key locked, no chain, or a failure that
@@ -427,7 +345,7 @@ class JobProtocol:
             output="".join(job.output),
             prompt_tokens=end.prompt_tokens,
             completion_tokens=end.completion_tokens,
-            prev_receipt_hash=self._prev_receipt(job),
+            prev_receipt_hash=job_link.prev_receipt(self.node, job),
         )
         try:
             issued = await asyncio.to_thread(issue_receipt, self.node, self.receipts, finished)
@@ -439,16 +357,18 @@ class JobProtocol:
             return None
         return issued
 
-    def _prev_receipt(self, job: RunningJob) -> str:
-        """What this run's receipt chains to (a session's newest receipt)."""
-        jobs = self.node.jobs
-        if job.ticket is None or jobs is None:
-            return ZERO_HASH
-        return jobs.runs.prev_receipt(job.ticket.key)
+    async def _wind_up(self, job: RunningJob) -> None:
+        """The stream is over: stop an unfinished generation, hand the slot on."""
+        try:
+            if not job.finished:
+                await self._cancel(job)
+        finally:
+            if job.lease is not None:
+                job.lease.release()
 
     async def _cancel(self, job: RunningJob) -> None:
         job.finished = True
-        self._cut(job, "the client went away")
+        job_link.cut(self.node, job, "the client went away")
         try:
             await job.stream.cancel()
         except Exception as exc:  # the worker may be gone already

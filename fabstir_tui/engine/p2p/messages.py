@@ -332,6 +332,22 @@ class TokenFrame(_Frame):
         return "".join(self.pieces)
 
 
+@dataclass(frozen=True, slots=True)
+class QueuedFrame(_Frame):
+    """The request waits for an inference slot; `position` 1 runs next (DESIGN §11.10). Sent
+    when the position changes and every few seconds while it waits."""
+
+    T: ClassVar[str] = "queued"
+
+    position: int
+
+
+def parse_queued(frame: Any) -> QueuedFrame:
+    """A queue position, or MalformedFrame naming the bad field."""
+    d = _obj(frame, "queued")
+    return QueuedFrame(position=_int(d, "position", 1, 1 << 30))
+
+
 def parse_tokens(frame: Any) -> TokenFrame:
     """A token batch, or MalformedFrame naming the bad field."""
     d = _obj(frame, "tokens")
@@ -397,8 +413,9 @@ def error_frame_for(exc: FrameError) -> dict[str, Any]:
     return error_frame(code, str(exc))
 
 
-JobReply = TokenFrame | EndFrame | ErrorFrame
+JobReply = TokenFrame | EndFrame | ErrorFrame | QueuedFrame
 _REPLIES: dict[str, Callable[[Any], JobReply]] = {
+    "queued": parse_queued,
     "tokens": parse_tokens,
     "end": parse_end,
     "error": parse_error,
@@ -410,5 +427,5 @@ def parse_job_reply(frame: Any) -> JobReply:
     t = frame.get("t") if isinstance(frame, dict) else None
     parser = _REPLIES.get(t) if isinstance(t, str) else None
     if parser is None:
-        raise MalformedFrame(f"field 't': {t!r} is not a job reply (tokens, end, error)")
+        raise MalformedFrame(f"field 't': {t!r} is not a job reply (queued, tokens, end, error)")
     return parser(frame)
