@@ -13,6 +13,7 @@ import click
 from fabstir_tui import __version__
 from fabstir_tui.commands.keys import init_cmd, keys_group
 from fabstir_tui.commands.output import EXIT_OK, EXIT_USAGE, emit_json, fail
+from fabstir_tui.commands.status import status_cmd
 from fabstir_tui.commands.verify import verify_cmd
 from fabstir_tui.config import (
     Config,
@@ -416,6 +417,7 @@ def p2p_find_cmd(
 main_group.add_command(keys_group)
 main_group.add_command(init_cmd)
 main_group.add_command(verify_cmd)
+main_group.add_command(status_cmd)
 
 
 def main() -> None:

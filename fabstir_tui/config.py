@@ -82,6 +82,9 @@ class InferenceSection(_Section):
     seed: int = Field(default=-1, ge=-1)
     load_timeout_s: float = Field(default=300.0, gt=0)
     max_tokens_default: int = Field(default=256, ge=1)
+    load_at_start: list[Path] = Field(
+        default_factory=list, description="GGUF files loaded once the node runs (headless nodes)"
+    )
 
 
 class TelemetrySection(_Section):
@@ -211,6 +214,31 @@ class JobsSection(_Section):
         return [address.lower() for address in value]
 
 
+class ApiSection(_Section):
+    """The client HTTP API (DESIGN §7): off until enabled; the operator key comes from env
+    FABSTIR_API_KEY only, never from this file."""
+
+    enabled: bool = False
+    listen: str = Field(default="127.0.0.1:8080", description="host:port; port 0 = any free")
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="browser origins allowed; empty = none"
+    )
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
+    max_connections_per_ip: int = Field(default=64, ge=1, le=100_000)
+    requests_per_minute: int = Field(
+        default=600, ge=1, le=1_000_000, description="per client address"
+    )
+
+    @field_validator("listen", mode="after")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        """A multiaddr or a bare port typed here would otherwise fail only at bind time."""
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdecimal() or int(port) > 65535:
+            raise ValueError(f"{value!r} is not host:port (like 127.0.0.1:8080)")
+        return value
+
+
 class UiSection(_Section):
     theme: str = "fabstir-dark"
     refresh_hz: float = Field(default=2.0, gt=0, le=30)
@@ -227,6 +255,7 @@ class Config(_Section):
     p2p: P2pSection = Field(default_factory=P2pSection)
     jobs: JobsSection = Field(default_factory=JobsSection)
     ui: UiSection = Field(default_factory=UiSection)
+    api: ApiSection = Field(default_factory=ApiSection)
 
 
 @dataclass(frozen=True)

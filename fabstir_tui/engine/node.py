@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fabstir_tui.config import Config
 from fabstir_tui.engine.chain.actions import ChainAction, PreparedTx, describe
@@ -27,10 +27,9 @@ from fabstir_tui.engine.events import (
     ModelInfo,
     NodeStateChanged,
     OperatorActionRecorded,
-    PeerView,
 )
 from fabstir_tui.engine.inference.manager import ModelManager
-from fabstir_tui.engine.inference.registry import ModelRegistry
+from fabstir_tui.engine.inference.registry import ModelRegistry, model_key
 from fabstir_tui.engine.inference.stream import (
     GenerationRequest,
     InferenceError,
@@ -39,20 +38,18 @@ from fabstir_tui.engine.inference.stream import (
 )
 from fabstir_tui.engine.jobs.pipeline import JobPipeline
 from fabstir_tui.engine.node_jobs import JobCommands
+from fabstir_tui.engine.node_peers import PeerCommands
 from fabstir_tui.engine.p2p.messages import InfoResponse
 from fabstir_tui.engine.p2p.peer_book import PeerBook
-from fabstir_tui.engine.p2p.peer_probe import ProbeError, dial, hang_up
 from fabstir_tui.engine.p2p.service import P2PService, P2PStatus, node_info, package_version
 from fabstir_tui.engine.p2p.wiring import node_components
 from fabstir_tui.engine.store import Store
 from fabstir_tui.engine.telemetry.service import TelemetryService
 
+if TYPE_CHECKING:
+    from fabstir_tui.engine.api import ApiService
+
 NodeState = Literal["starting", "running", "stopping", "stopped", "failed"]
-PEER_DIAL_TIMEOUT_S = 15.0
-
-
-class PeerCommandError(Exception):
-    """An operator's connect/disconnect could not be done; the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +66,7 @@ class NodeSnapshot:
     chain: ChainStatus | None = None
 
 
-class Node(JobCommands):
+class Node(JobCommands, PeerCommands):
     """One node: store, model registry, inference workers and telemetry, started and stopped
     together; operator commands are methods here and each leaves an audit line."""
 
@@ -84,6 +81,7 @@ class Node(JobCommands):
         self._registry: ModelRegistry | None = None
         self._chain: ChainService | None = None
         self._p2p: P2PService | None = None
+        self._api: ApiService | None = None
         self._jobs: JobPipeline | None = None
         self.peer_book = PeerBook(config.p2p, self.bus)
         self._lock: DataDirLock | None = None
@@ -91,6 +89,7 @@ class Node(JobCommands):
         self._audit: deque[OperatorActionRecorded] = deque(maxlen=1000)
         self._log_sub = self.bus.subscribe(LogRecorded, OperatorActionRecorded, maxsize=10_000)
         self._log_task: asyncio.Task[None] | None = None
+        self._autoload: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -135,8 +134,42 @@ class Node(JobCommands):
         await self._start_jobs()
         if self.config.p2p.enabled:
             await self._start_p2p()
+        if self.config.api.enabled:
+            from fabstir_tui.engine.api.service import start_api
+
+            self._api = await start_api(self)
         self._set_state("running")
         self.log("info", "node", f"node {self.config.node.name} started")
+        if self.config.inference.load_at_start:
+            self._autoload = asyncio.create_task(self._load_at_start(), name="load-at-start")
+
+    def _hashed(self, key: str) -> bool:
+        """True once the registry has hashed this file; InferenceError when it is not listed."""
+        found = [m for m in self.list_models() if model_key(m.path) == key]
+        if not found:
+            raise InferenceError(f"{key} is not a model in paths.models_dirs")
+        return found[0].sha256 is not None
+
+    async def _load_at_start(self) -> None:
+        """inference.load_at_start: a headless node serves without an operator pressing `l`.
+        Each file is hashed first (the market and the job protocol know models by SHA-256);
+        a file that fails is logged and the rest still load."""
+        for path in self.config.inference.load_at_start:
+            key = model_key(path)
+            try:
+                async with asyncio.timeout(self.config.inference.load_timeout_s):
+                    while not any(
+                        model_key(m.path) == key and m.sha256 for m in self.list_models()
+                    ):
+                        if not any(model_key(m.path) == key for m in self.list_models()):
+                            await self.scan_models()
+                            if not any(model_key(m.path) == key for m in self.list_models()):
+                                raise InferenceError(f"{key} is not in paths.models_dirs")
+                        await asyncio.sleep(0.1)
+                await self.load_model(key)
+                self.log("info", "node", f"{Path(key).name} loaded at start (load_at_start)")
+            except (InferenceError, TimeoutError) as exc:
+                self.log("error", "node", f"inference.load_at_start: {Path(key).name}: {exc}")
 
     async def _start_p2p(self) -> None:
         """Start the libp2p host; a failure is logged and the node runs on without P2P."""
@@ -157,6 +190,11 @@ class Node(JobCommands):
         self._p2p = service
 
     @property
+    def api(self) -> ApiService | None:
+        """The running client API (its `url`), or None when it is off or failed to start."""
+        return self._api
+
+    @property
     def p2p(self) -> P2PService | None:
         """The running P2P service, or None when P2P is off or failed to start."""
         return self._p2p
@@ -165,68 +203,18 @@ class Node(JobCommands):
         """Our peer id and dialable listen addresses, or None when P2P is not running."""
         return self._p2p.status() if self._p2p is not None else None
 
-    # --- peers ----------------------------------------------------------------------------
-
-    def peers(self) -> tuple[PeerView, ...]:
-        """The newest peer book snapshot (connected peers first); empty while P2P is off."""
-        return self.peer_book.snapshot()
-
-    def p2p_reachable(self) -> bool:
-        """True once another node dialled us: evidence our listen address is reachable."""
-        return self.peer_book.inbound_seen
-
-    def _p2p_refusal(self) -> str | None:
-        if not self.config.p2p.enabled:
-            return "P2P is off (set p2p.enabled = true in the config)"
-        if self._p2p is None or self._p2p.host is None:
-            return "P2P is not running (it failed to start or the node is stopped; see the log)"
-        return None
-
-    async def connect_peer(self, multiaddr: str) -> str:
-        """Dial a peer by its full multiaddr (with /p2p/<id>); returns its peer id. Audited."""
-        from fabstir_tui.client.p2p import P2PAddressError, parse_peer_addr
-
-        refusal = self._p2p_refusal()
-        if refusal is not None:
-            self.record_action("connect peer", multiaddr, f"refused: {refusal}")
-            raise PeerCommandError(refusal)
-        try:
-            _info, peer_id = parse_peer_addr(multiaddr)
-        except P2PAddressError as exc:
-            self.record_action("connect peer", multiaddr, f"refused: {exc}")
-            raise PeerCommandError(str(exc)) from None
-        service = self._p2p
-        assert service is not None
-        try:
-            await service.bridge.run(dial, service.host, multiaddr, PEER_DIAL_TIMEOUT_S)
-        except ProbeError as exc:
-            self.record_action("connect peer", multiaddr, f"failed: {exc}")
-            raise PeerCommandError(f"could not connect to {peer_id}: {exc}") from None
-        self.record_action("connect peer", multiaddr, "connected")
-        return peer_id
-
-    async def disconnect_peer(self, peer_id: str) -> None:
-        """Close our connection to a peer (it may dial again). Audited."""
-        refusal = self._p2p_refusal()
-        if refusal is not None:
-            self.record_action("disconnect peer", peer_id, f"refused: {refusal}")
-            raise PeerCommandError(refusal)
-        service = self._p2p
-        assert service is not None
-        try:
-            await service.bridge.run(hang_up, service.host, peer_id)
-        except ProbeError as exc:
-            self.record_action("disconnect peer", peer_id, f"failed: {exc}")
-            raise PeerCommandError(str(exc)) from None
-        self.record_action("disconnect peer", peer_id, "disconnected")
-
     async def stop(self) -> None:
         """Stop every service even when one of them fails to stop, then close the store."""
         if self.state in ("stopping", "stopped"):
             return
         self._set_state("stopping")
+        if self._autoload is not None:
+            self._autoload.cancel()
+            await asyncio.gather(self._autoload, return_exceptions=True)
         registry = self._registry
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        if self._api is not None:
+            steps.append(("client API", self._api.stop))
         if self._p2p is not None:
             steps.append(("p2p host", self._p2p.stop))
         if self._jobs is not None:

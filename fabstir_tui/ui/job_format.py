@@ -12,7 +12,7 @@ from functools import partial
 from fabstir_tui.engine.chain.events import ChainStatus
 from fabstir_tui.engine.jobs.quote import ZERO_ADDRESS
 from fabstir_tui.engine.jobs.states import JobState
-from fabstir_tui.engine.jobs.views import JobQuote, JobView
+from fabstir_tui.engine.jobs.views import JobQuote, JobsChanged, JobView
 from fabstir_tui.ui.format import DASH, clock, ellipsis, short_hex, token_amount
 
 # (label, key, width): fixed widths, so 80 columns hold every column (DESIGN §8).
@@ -287,3 +287,16 @@ def preview_tail(text: str, width: int, lines: int) -> str:
 
 def _money(units: TokenUnits, value: int | None) -> str:
     return token_amount(value, units.decimals, units.symbol)
+
+
+def jobs_summary(jobs: JobsChanged, active: bool) -> str:
+    """The header's jobs segment: what runs, waits and is on offer; empty while off."""
+    if not active:
+        return ""
+    running = sum(1 for v in jobs.queue if v.state in (JobState.RUNNING, JobState.ACTIVE))
+    waiting = sum(1 for v in jobs.queue if v.queue_position is not None)
+    parts = [f"jobs {running} running"]
+    if waiting:
+        parts.append(f"{waiting} queued")
+    parts.append(f"{len(jobs.market)} open")
+    return ", ".join(parts)

@@ -12,7 +12,8 @@ import pytest
 
 from fabstir_tui.config import Config, InferenceSection, P2pSection, PathsSection, TelemetrySection
 from fabstir_tui.engine.events import PeerModel, PeersChanged, PeerView
-from fabstir_tui.engine.node import Node, PeerCommandError
+from fabstir_tui.engine.node import Node
+from fabstir_tui.engine.node_peers import PeerCommandError
 from fabstir_tui.engine.p2p.bridge import TrioBridge
 from fabstir_tui.engine.p2p.host import HostConfig, HostHandle
 from fabstir_tui.engine.p2p.peer_book import PeerAnnouncement

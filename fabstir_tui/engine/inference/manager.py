@@ -75,6 +75,10 @@ class ModelManager:
     def loaded(self) -> list[LoadedModel]:
         return list(self._loaded.values())
 
+    def loading(self) -> list[str]:
+        """Paths of models being loaded right now (the API's /health says it is not ready)."""
+        return sorted(self._loading)
+
     def get(self, path: str) -> LoadedModel | None:
         return self._loaded.get(model_key(path))
 

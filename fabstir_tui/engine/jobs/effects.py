@@ -135,6 +135,7 @@ class EffectDriver:
         die_at(f"before_{pending.effect.action}_sent")
 
         def tie(tx_hash: str) -> None:
+            die_at(f"after_{pending.effect.action}_journaled")  # signed, kept, not yet tied
             self.book.attach_tx(key, tx_hash)
 
         try:

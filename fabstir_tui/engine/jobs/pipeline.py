@@ -159,6 +159,7 @@ class JobPipeline:
         self._give_back_late_claims()
         self._schedule_releases()
         self.sessions.schedule(self.now())
+        self._driving = {k: t for k, t in self._driving.items() if not t.done()}
         for pending in self.book.pending_effects():
             self._ensure_drive(pending)
         self.publish()
@@ -302,6 +303,8 @@ class JobPipeline:
             return
         if end.ok:
             self.node.log("info", "jobs", f"{key_text(key)}: {action} done{tx}")
+            if action == "release":  # the mirror catches up soon: do not begin another
+                self._release_after[key] = time.monotonic() + RELEASE_RETRY_S
             if action == "claim":
                 limit = self.node.config.jobs.prompt_delivery_s
                 self.book.note(key, detail=f"waiting for the client's prompt (≤ {limit:g} s)")

@@ -51,6 +51,16 @@ class RunTicket:
     max_tokens: int
 
 
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """A job already delivered, asked again (its first answer was cut off by a crash or a
+    dropped connection): the archived output and receipt are sent again, nothing re-runs."""
+
+    key: JobKey
+    record: JobRecord
+    archived: ArchivedJob
+
+
 @dataclass(slots=True)
 class RunProgress:
     """A run in flight, for the Jobs screen: tokens so far and the output's tail."""
@@ -122,7 +132,7 @@ class JobRuns:
     def progress_of(self, key: JobKey) -> RunProgress | None:
         return self._running.get(key)
 
-    def check(self, request: JobRequest) -> RunTicket | Refusal:
+    def check(self, request: JobRequest) -> RunTicket | Replay | Refusal:
         """Everything but the signature, cheapest first; nothing changes state here."""
         if request.job_id is None:
             ticket = self.pipeline.sessions.check(request)
@@ -144,6 +154,11 @@ class JobRuns:
         if state == S.RUNNING:
             return Refusal("busy", f"{name} is already running (one request per job)")
         if state in _DONE:
+            archived = self.pipeline.archive.get(
+                key.kind.value, key.chain_id, key.contract, key.job_id
+            )
+            if archived is not None and archived.prompt == request.prompt:
+                return Replay(key, record, archived)
             return Refusal("already_delivered", f"{name} was already delivered")
         if state != S.CLAIMED:
             return Refusal("not_claimed", f"{name} is {state}: {record.detail or 'closed'}")
@@ -166,7 +181,7 @@ class JobRuns:
         budget = min(request.max_tokens, record.max_tokens or request.max_tokens)
         return RunTicket(key, record, budget)
 
-    def expected_signer(self, ticket: RunTicket) -> Any:
+    def expected_signer(self, ticket: RunTicket | Replay) -> Any:
         """The auth check's hook: the job's poster is the only one who may ask for it."""
 
         def expected(_signed: SignedJobRequest) -> str | None:

@@ -11,8 +11,14 @@ from typing import TYPE_CHECKING, Any
 from fabstir_tui.engine.inference.slots import SlotLease
 from fabstir_tui.engine.inference.stream import GenerationRequest, TokenStream
 from fabstir_tui.engine.jobs.archive import ArchivedJob
-from fabstir_tui.engine.jobs.runs import Refusal, RunTicket
-from fabstir_tui.engine.p2p.messages import EndFrame, ErrorCode, JobRequest, error_frame
+from fabstir_tui.engine.jobs.runs import Refusal, Replay, RunTicket
+from fabstir_tui.engine.p2p.messages import (
+    EndFrame,
+    ErrorCode,
+    JobRequest,
+    TokenFrame,
+    error_frame,
+)
 from fabstir_tui.engine.proofs.receipt import ZERO_HASH
 
 if TYPE_CHECKING:
@@ -54,7 +60,7 @@ class RunningJob:
 
 def pipeline_ticket(
     node: Node, request: JobRequest, peer: str
-) -> RunTicket | dict[str, Any] | None:
+) -> RunTicket | Replay | dict[str, Any] | None:
     """The pipeline's verdict on a request for one of its jobs, the allowlist's refusal,
     or None for an allowlisted request outside the pipeline (served for free)."""
     pipeline = node.jobs
@@ -132,3 +138,19 @@ def prev_receipt(node: Node, job: RunningJob) -> str:
     if job.ticket is None or jobs is None:
         return ZERO_HASH
     return jobs.runs.prev_receipt(job.ticket.key)
+
+
+def replay_frames(replay: Replay) -> list[dict[str, Any]]:
+    """The answer already delivered, as one token frame and the end frame with its receipt."""
+    done = replay.archived
+    frames: list[dict[str, Any]] = []
+    if done.output:
+        frames.append(TokenFrame(pieces=(done.output,), tokens=done.completion_tokens).to_frame())
+    end = EndFrame(
+        prompt_tokens=done.prompt_tokens,
+        completion_tokens=done.completion_tokens,
+        finish_reason="replayed",
+        receipt=done.receipt,
+    )
+    frames.append(end.to_frame())
+    return frames

@@ -28,6 +28,7 @@ import trio
 
 from fabstir_tui.engine.inference.registry import model_key
 from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError
+from fabstir_tui.engine.jobs.runs import Replay
 from fabstir_tui.engine.p2p import job_link, job_turns
 from fabstir_tui.engine.p2p.frames import FrameError
 from fabstir_tui.engine.p2p.job_link import Batch, RunningJob
@@ -133,6 +134,10 @@ class JobProtocol:
         if isinstance(admitted, dict):
             await self._reply(stream, admitted)
             return
+        if isinstance(admitted, list):  # a delivered answer, sent again
+            for frame in admitted:
+                await self._reply(stream, frame)
+            return
         job = await self._wait_turn(stream, bridge, admitted)
         if job is not None:
             await self._stream_tokens(stream, bridge, job)
@@ -207,7 +212,9 @@ class JobProtocol:
         except Exception:  # an unreadable keystore: no address to vouch for
             return ""
 
-    async def _admit(self, request: JobRequest, peer: str) -> Pending | dict[str, Any]:
+    async def _admit(
+        self, request: JobRequest, peer: str
+    ) -> Pending | list[dict[str, Any]] | dict[str, Any]:
         """Auth, model lookup and generation start; an error frame when refused."""
         try:
             return await self._try_admit(request, peer)
@@ -215,7 +222,9 @@ class JobProtocol:
             self.node.log("error", "p2p", f"job request from {peer} failed: {exc}")
             return error_frame(ErrorCode.INTERNAL, "the node could not take the request")
 
-    async def _try_admit(self, request: JobRequest, peer: str) -> Pending | dict[str, Any]:
+    async def _try_admit(
+        self, request: JobRequest, peer: str
+    ) -> Pending | list[dict[str, Any]] | dict[str, Any]:
         ticket = job_link.pipeline_ticket(self.node, request, peer)
         if isinstance(ticket, dict):
             return ticket
@@ -227,6 +236,9 @@ class JobProtocol:
             except AuthRefused as exc:
                 return error_frame(ErrorCode.UNAUTHORIZED, f"auth refused ({exc.reason}): {exc}")
             self.node.log("debug", "p2p", f"job request from {peer} signed by {signer}")
+        if isinstance(ticket, Replay):
+            self.node.log("info", "jobs", f"job {ticket.key.job_id}: its answer sent again")
+            return job_link.replay_frames(ticket)
         located = self._locate(request.model_id)
         if isinstance(located, dict):
             return located

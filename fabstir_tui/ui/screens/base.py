@@ -11,9 +11,11 @@ from textual.worker import Worker, WorkerState
 
 from fabstir_tui.engine import events as ev
 from fabstir_tui.engine.chain import events as cev
+from fabstir_tui.engine.jobs.views import JobsChanged
 from fabstir_tui.engine.node import Node, NodeSnapshot
 from fabstir_tui.ui import messages as msg
 from fabstir_tui.ui.bridge import EngineFeed
+from fabstir_tui.ui.job_format import jobs_summary
 from fabstir_tui.ui.peer_format import p2p_summary
 from fabstir_tui.ui.widgets.status_header import StatusHeader
 
@@ -30,6 +32,7 @@ HEADER_EVENTS: tuple[type[ev.Event], ...] = (
     ev.ModelLoadFailed,
     cev.ChainStatus,
     ev.PeersChanged,
+    JobsChanged,
 )
 
 
@@ -124,6 +127,7 @@ class LiveScreen(Screen[None]):
         header.node_state = snapshot.state
         header.chain_text = chain_summary(snapshot.chain)
         self.draw_p2p(self.node.peer_book.latest)
+        header.jobs_text = jobs_summary(self.node.jobs_snapshot(), self.node.jobs is not None)
         self.live_mount(snapshot)
         self.models_changed()
         self.draw_telemetry()
@@ -175,6 +179,9 @@ class LiveScreen(Screen[None]):
     def on_engine_node_state_changed(self, message: msg.NodeStateChanged) -> None:
         self.header.node_state = message.event.state
         self.draw_p2p(self.node.peer_book.latest)  # P2P starts and stops with the node
+
+    def on_engine_jobs_changed(self, message: msg.JobsChanged) -> None:
+        self.header.jobs_text = jobs_summary(message.event, self.node.jobs is not None)
 
     def on_engine_peers_changed(self, message: msg.PeersChanged) -> None:
         self.draw_p2p(message.event)

@@ -71,6 +71,7 @@ class DashboardScreen(LiveScreen):
         self._draw_jobs(self.node.jobs_snapshot())
 
     def on_engine_jobs_changed(self, message: msg.JobsChanged) -> None:
+        super().on_engine_jobs_changed(message)
         self._draw_jobs(message.event)
 
     def on_engine_chain_status(self, message: msg.ChainStatus) -> None:

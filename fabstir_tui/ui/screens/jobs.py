@@ -136,6 +136,7 @@ class JobsScreen(LiveScreen):
             self._draw_hints()
 
     def on_engine_jobs_changed(self, message: msg.JobsChanged) -> None:
+        super().on_engine_jobs_changed(message)
         self.jobs = message.event
         if self.is_current:
             self.redraw()

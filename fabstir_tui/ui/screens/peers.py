@@ -14,7 +14,8 @@ from textual.widgets import DataTable, Footer, Input, Label
 from textual.widgets.data_table import CellDoesNotExist
 
 from fabstir_tui.engine import events as ev
-from fabstir_tui.engine.node import Node, NodeSnapshot, PeerCommandError
+from fabstir_tui.engine.node import Node, NodeSnapshot
+from fabstir_tui.engine.node_peers import PeerCommandError
 from fabstir_tui.ui import messages as msg
 from fabstir_tui.ui.peer_format import matches, row_cells, short_addrs, short_peer
 from fabstir_tui.ui.screens.base import LiveScreen

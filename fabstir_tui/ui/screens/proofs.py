@@ -166,6 +166,7 @@ class ProofsScreen(LiveScreen):
         self._units = token_units(message.event)
 
     def on_engine_jobs_changed(self, message: msg.JobsChanged) -> None:
+        super().on_engine_jobs_changed(message)
         if self.is_current or isinstance(self.app.screen, ProofDetailScreen):
             self.reload()
 

@@ -78,6 +78,7 @@ class StatusHeader(Widget):
     host_text: reactive[str] = reactive("")
     chain_text: reactive[str] = reactive("")
     p2p_text: reactive[str] = reactive("")
+    jobs_text: reactive[str] = reactive("")
 
     def segments(self) -> list[Segment]:
         """The segments in display order; later node parts add theirs here."""
@@ -94,6 +95,8 @@ class StatusHeader(Widget):
             segments.append(Segment(self.chain_text))
         if self.p2p_text:
             segments.append(Segment(self.p2p_text))
+        if self.jobs_text:
+            segments.append(Segment(self.jobs_text))
         return segments
 
     def render(self) -> Content:

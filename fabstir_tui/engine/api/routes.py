@@ -1,0 +1,195 @@
+"""The API's handlers: health, the model list, and OpenAI completions and chat completions,
+whole or streamed as server-sent events (with `: queued <n>` comments while waiting)."""
+
+from __future__ import annotations
+
+import json
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from fabstir_tui.engine.api.auth import credentials
+from fabstir_tui.engine.api.errors import ApiError, error_body
+from fabstir_tui.engine.api.runs import HttpJobs, Located, batch_error, loaded_models
+from fabstir_tui.engine.api.shapes import Kind, Reply, finish_reason, parse_ask, usage
+from fabstir_tui.engine.jobs.runs import Replay
+from fabstir_tui.engine.p2p.messages import EndFrame
+
+if TYPE_CHECKING:
+    from fabstir_tui.engine.node import Node
+    from fabstir_tui.engine.p2p.job_turns import Pending
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # a reverse proxy must not hold the chunks back
+}
+
+
+def _sse(data: Any) -> bytes:
+    text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
+    return f"data: {text}\n\n".encode()
+
+
+def _extra(end: EndFrame) -> dict[str, Any]:
+    """Our additions to OpenAI's shape: the signed receipt of a paid run."""
+    return {"fabstir": {"receipt": end.receipt}} if end.receipt is not None else {}
+
+
+class Routes:
+    """Handlers bound to one node; the operator key is held here, never logged."""
+
+    def __init__(self, node: Node, api_key: str | None) -> None:
+        self.node = node
+        self.engine = HttpJobs(node)
+        self._api_key = api_key
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+
+    # --- read-only ---------------------------------------------------------------------
+
+    def _unready(self) -> str | None:
+        """Why the node cannot serve a completion now, or None."""
+        if self.node.state != "running":
+            return f"the node is {self.node.state}"
+        loading = self.node.models.loading()
+        if loading:
+            return "a model is loading: " + ", ".join(p.rsplit("/", 1)[-1] for p in loading)
+        if not self.node.loaded_models():
+            return "no model is loaded"
+        return None
+
+    async def health(self, request: web.Request) -> web.Response:
+        why = self._unready()
+        models = (
+            [_card(m) for m in loaded_models(self.node)] if self.node.state == "running" else []
+        )
+        if why is not None:
+            body = {"status": "unavailable", "reason": why, "models": models}
+            return web.json_response(body, status=503, headers={"Retry-After": "5"})
+        body = {"status": "ok", "node": self.node.config.node.name, "models": models}
+        return web.json_response(body)
+
+    async def models(self, request: web.Request) -> web.Response:
+        data = [
+            {**_card(m), "object": "model", "owned_by": self.node.config.node.name, "created": 0}
+            for m in loaded_models(self.node)
+        ]
+        return web.json_response({"object": "list", "data": data})
+
+    # --- completions -------------------------------------------------------------------
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "completion")
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "chat")
+
+    async def _serve(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        caller = credentials(request.headers.get("Authorization"), self._api_key)
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+        ask = parse_ask(kind, body, request.headers)
+        if self.node.state != "running":  # a model loading elsewhere does not stop this one
+            why = f"the node is {self.node.state}"
+            raise ApiError(503, "not_ready", why, headers={"Retry-After": "5"})
+        pending, located = await self.engine.admit(ask, caller)
+        reply = Reply(kind, located.model_id)
+        if isinstance(pending, Replay):
+            return await self._replayed(request, pending, reply, stream=ask.stream)
+        if ask.stream:
+            return await self._stream(request, pending, reply)
+        return await self._whole(pending, reply)
+
+    async def _whole(self, pending: Pending, reply: Reply) -> web.Response:
+        job = await self.engine.wait_for_slot(pending)
+        text: list[str] = []
+        end: EndFrame | None = None
+        async with aclosing(self.engine.batches(job)) as batches:
+            async for batch in batches:
+                if batch.error is not None:
+                    raise batch_error(batch)
+                text.extend(batch.pieces)
+                end = batch.end
+        assert end is not None
+        body = reply.whole(
+            "".join(text),
+            finish_reason(end.finish_reason),
+            usage(end.prompt_tokens, end.completion_tokens),
+            _extra(end),
+        )
+        return web.json_response(body)
+
+    async def _replayed(
+        self, request: web.Request, replay: Replay, reply: Reply, *, stream: bool
+    ) -> web.StreamResponse:
+        """A delivered job asked again: its archived answer and receipt, nothing re-runs."""
+        done = replay.archived
+        counts = usage(done.prompt_tokens, done.completion_tokens)
+        extra = {"fabstir": {"receipt": done.receipt, "replayed": True}}
+        if not stream:
+            return web.json_response(reply.whole(done.output, "stop", counts, extra))
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        await response.prepare(request)
+        tail = reply.chunk(done.output, first=True, finish="stop", usage=counts, extra=extra)
+        await response.write(_sse(tail) + _sse("[DONE]"))
+        return response
+
+    async def _stream(
+        self, request: web.Request, pending: Pending, reply: Reply
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(headers=SSE_HEADERS)
+
+        async def opened() -> None:
+            if not response.prepared:
+                await response.prepare(request)
+
+        async def queued(position: int) -> None:
+            await opened()
+            await response.write(f": queued {position}\n\n".encode())
+
+        try:
+            job = await self.engine.wait_for_slot(pending, queued)
+            first = True
+            async with aclosing(self.engine.batches(job)) as batches:
+                async for batch in batches:
+                    if batch.error is not None:
+                        raise batch_error(batch)
+                    await opened()
+                    if batch.pieces:
+                        await response.write(_sse(reply.chunk("".join(batch.pieces), first=first)))
+                        first = False
+                    end = batch.end
+                    if end is not None:
+                        tail = reply.chunk(
+                            None,
+                            first=first,
+                            finish=finish_reason(end.finish_reason),
+                            usage=usage(end.prompt_tokens, end.completion_tokens),
+                            extra=_extra(end),
+                        )
+                        await response.write(_sse(tail) + _sse("[DONE]"))
+        except ApiError as exc:
+            if not response.prepared:
+                raise
+            await response.write(_sse(error_body(exc.status, exc.code, exc.message)))
+        except ConnectionResetError:
+            return response  # the client left; its run was cancelled and its slot freed
+        return response
+
+
+def _card(model: Located) -> dict[str, Any]:
+    """A model as the API names it: id (0x SHA-256), name, context size."""
+    return {
+        "id": model.model_id,
+        "name": model.name,
+        "sha256": model.sha256,
+        "context_length": model.model.n_ctx,
+    }

@@ -1,0 +1,149 @@
+"""Paid work over the HTTP API on a real devnet: the job's poster signs its request
+(`Authorization: Fabstir ...`), the node serves a claimed job exactly as over P2P, and the
+run's end is submitted on-chain; other jobs, other signers and paid chat are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from eth_utils.crypto import keccak
+from pipeline_kit import PASSPHRASE, Rig, make_rig, until
+
+from fabstir_tui.config import ApiSection, P2pSection
+from fabstir_tui.engine.chain import Anvil
+from fabstir_tui.engine.chain.anvil import anvil_account
+from fabstir_tui.engine.node import Node
+from fabstir_tui.engine.p2p.request_auth import AuthDomain, authorization_header, sign_request
+
+PROMPT = "Once upon a time"
+SUBMITTED = 3  # JobMarketplace.JobStatus
+
+
+def signed_headers(rig: Rig, job_id: int, prompt: str, key: bytes | None = None) -> dict[str, str]:
+    """The poster's (or `key`'s) signed request for a job, as the Authorization header."""
+    d = rig.deployment
+    signed = sign_request(
+        key or rig.client_key,
+        AuthDomain(chain_id=d.chain_id, verifying_contract=d.job_marketplace),
+        host=rig.host,
+        prompt=prompt,
+        nonce=time.time_ns(),
+        expiry=int(time.time()) + 300,
+        job_id=job_id,
+    )
+    return {"Authorization": authorization_header(signed)}
+
+
+async def api_paid_node(rig: Rig) -> Node:
+    """The rig's node with the API on a free port and P2P off: HTTP is the only door."""
+    config = rig.config().model_copy(
+        update={
+            "api": ApiSection(enabled=True, listen="127.0.0.1:0"),
+            "p2p": P2pSection(enabled=False),
+        }
+    )
+    node = Node(config)
+    await node.start()
+    try:
+        async with asyncio.timeout(60):
+            while any(m.sha256 is None for m in node.list_models()):
+                await asyncio.sleep(0.05)
+        [model] = node.list_models()
+        await node.load_model(model.path)
+        await node.unlock_wallet(PASSPHRASE)
+    except BaseException:
+        await node.stop()
+        raise
+    return node
+
+
+@pytest.mark.slow
+async def test_a_signed_completion_for_a_claimed_job_is_served_and_submitted(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    with Anvil(chain_id=31337, accounts=4) as anvil:
+        rig = make_rig(anvil, tiny_gguf, tmp_path)
+        node = await api_paid_node(rig)
+        try:
+            assert node.api is not None
+            endpoint = node.api.url + "/v1/completions"
+            job_id = rig.post(PROMPT)
+            other_id = rig.post("a job this node never claimed")
+            streamed_id = rig.post(PROMPT)
+            await until(lambda: len(node.jobs_snapshot().market) == 3)
+            await node.claim_job(rig.key(job_id))
+            await node.claim_job(rig.key(streamed_id))
+            ask: dict[str, Any] = {
+                "model": "0x" + rig.model_sha,
+                "prompt": PROMPT,
+                "max_tokens": 16,
+                "temperature": 0.0,
+                "job_id": str(job_id),
+            }
+            async with aiohttp.ClientSession() as http:
+                other = {**ask, "prompt": "a job this node never claimed", "job_id": other_id}
+                headers = signed_headers(rig, other_id, other["prompt"])
+                async with http.post(endpoint, json=other, headers=headers) as r:
+                    assert r.status == 403
+                    assert (await r.json())["error"]["code"] == "not_claimed"
+
+                stranger = bytes(anvil_account(3).key)
+                headers = signed_headers(rig, job_id, PROMPT, key=stranger)
+                async with http.post(endpoint, json=ask, headers=headers) as r:
+                    assert r.status == 403
+                    assert (await r.json())["error"]["code"] == "auth_wrong_signer"
+
+                chat = {"model": ask["model"], "messages": [{"role": "user", "content": PROMPT}]}
+                headers = signed_headers(rig, job_id, PROMPT)
+                async with http.post(
+                    node.api.url + "/v1/chat/completions",
+                    json={**chat, "job_id": job_id},
+                    headers=headers,
+                ) as r:
+                    assert r.status == 400
+                    assert (await r.json())["error"]["code"] == "paid_chat_unsupported"
+
+                headers = {
+                    **signed_headers(rig, job_id, PROMPT),
+                    "X-Fabstir-Job": str(job_id),
+                }
+                by_header = {k: v for k, v in ask.items() if k != "job_id"}
+                async with http.post(endpoint, json=by_header, headers=headers) as r:
+                    assert r.status == 200, await r.text()
+                    served = await r.json()
+                text = served["choices"][0]["text"]
+                assert text and served["fabstir"]["receipt"] is not None
+                used = served["usage"]["total_tokens"]
+
+                await until(lambda: rig.job(job_id)["status"] == SUBMITTED)
+                on_chain = rig.job(job_id)
+                assert on_chain["outputHash"] == keccak(text.encode("utf-8"))
+                assert on_chain["tokensUsed"] == used
+
+                # Its answer was cut off? Asking again replays it; nothing re-runs.
+                headers = signed_headers(rig, job_id, PROMPT)
+                async with http.post(endpoint, json=ask, headers=headers) as r:
+                    assert r.status == 200, await r.text()
+                    again = await r.json()
+                assert again["choices"][0]["text"] == text
+                assert again["fabstir"]["replayed"] is True
+
+                # Streamed: the receipt and the usage ride in the last chunk.
+                headers = signed_headers(rig, streamed_id, PROMPT)
+                streamed = {**ask, "job_id": streamed_id, "stream": True}
+                async with http.post(endpoint, json=streamed, headers=headers) as r:
+                    assert r.status == 200
+                    lines = [ln.decode().strip() async for ln in r.content if ln.strip()]
+                assert lines[-1] == "data: [DONE]"
+                chunks = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
+                assert "".join(c["choices"][0]["text"] for c in chunks) == text  # greedy
+                assert chunks[-1]["fabstir"]["receipt"] is not None
+                await until(lambda: rig.job(streamed_id)["status"] == SUBMITTED)
+        finally:
+            await node.stop()
