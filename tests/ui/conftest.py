@@ -3,11 +3,12 @@ generated GGUF, real SQLite in tmp_path, NVML replayed from a recording)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from devnet_kit import PASSPHRASE, Devnet, start_devnet
 from gguf_factory import copy_model, write_tiny_llama
 from ui_helpers import make_config
 
@@ -65,3 +66,23 @@ async def node_for(config_for: ConfigFactory) -> AsyncIterator[Callable[..., Nod
     yield build
     for node in nodes:
         await node.stop()
+
+
+@pytest.fixture
+def devnet(models_dir: Path) -> Iterator[Devnet]:
+    """A fresh anvil with our suite and the tiny model approved; stopped after the test."""
+    chain = start_devnet(models_dir / "tiny-llama.gguf")
+    try:
+        yield chain
+    finally:
+        chain.anvil.stop()
+
+
+@pytest.fixture
+def passphrase_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test keystore's passphrase in a 0600 file the node unlocks from at start."""
+    path = tmp_path / "passphrase"
+    path.write_text(PASSPHRASE + "\n")
+    path.chmod(0o600)
+    monkeypatch.setenv("FABSTIR_PASSPHRASE_FILE", str(path))
+    return path

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from devnet_kit import PASSPHRASE, Devnet, chain_config, node_keystore, start_devnet
+from devnet_kit import PASSPHRASE, Devnet, chain_config, node_keystore
 from textual.widgets import DataTable, Input, Static
 from ui_helpers import wait_for
 
@@ -19,24 +19,6 @@ from fabstir_tui.ui.screens.passphrase import PassphraseScreen
 from fabstir_tui.ui.screens.register_form import RegisterScreen
 
 MIN_STAKE = 10**17
-
-
-@pytest.fixture
-def devnet(models_dir: Path) -> Iterator[Devnet]:
-    chain = start_devnet(models_dir / "tiny-llama.gguf")
-    try:
-        yield chain
-    finally:
-        chain.anvil.stop()
-
-
-@pytest.fixture
-def passphrase_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "passphrase"
-    path.write_text(PASSPHRASE + "\n")
-    path.chmod(0o600)
-    monkeypatch.setenv("FABSTIR_PASSPHRASE_FILE", str(path))
-    return path
 
 
 def cells(table: DataTable[object], row_key: str) -> list[str]:

@@ -7,11 +7,11 @@ charge, fee, paid, refund — to the base unit."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from devnet_kit import Devnet, anvil_key, chain_config, node_keystore, start_devnet
+from devnet_kit import Devnet, anvil_key, chain_config, node_keystore
 from eth_utils.crypto import keccak
 from textual.widgets import DataTable, Static
 from ui_helpers import key, wait_for
@@ -35,26 +35,6 @@ MIN_STAKE = 10**17
 OUR_PRICE = 3_000_000  # FUSD base units per million tokens
 PROMPT = "The quick brown fox"
 SUBMITTED, RELEASED = 3, 5  # JobMarketplace.JobStatus
-
-
-@pytest.fixture
-def devnet(models_dir: Path) -> Iterator[Devnet]:
-    chain = start_devnet(models_dir / "tiny-llama.gguf")
-    try:
-        yield chain
-    finally:
-        chain.anvil.stop()
-
-
-@pytest.fixture
-def passphrase_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    from devnet_kit import PASSPHRASE
-
-    path = tmp_path / "passphrase"
-    path.write_text(PASSPHRASE + "\n")
-    path.chmod(0o600)
-    monkeypatch.setenv("FABSTIR_PASSPHRASE_FILE", str(path))
-    return path
 
 
 def with_p2p(config: Config) -> Config:

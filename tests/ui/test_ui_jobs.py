@@ -5,12 +5,12 @@ with its live preview and the quote dialog fit, and empty tables say what to do.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from devnet_kit import PASSPHRASE, Devnet, chain_config, node_keystore, start_devnet
+from devnet_kit import Devnet, chain_config, node_keystore
 from textual.geometry import Region
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
@@ -31,24 +31,6 @@ pytestmark = pytest.mark.slow
 MIN_STAKE = 10**17
 OUR_PRICE = 250_000  # FUSD base units (6 decimals) per million tokens
 MARKET = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
-
-
-@pytest.fixture
-def devnet(models_dir: Path) -> Iterator[Devnet]:
-    chain = start_devnet(models_dir / "tiny-llama.gguf")
-    try:
-        yield chain
-    finally:
-        chain.anvil.stop()
-
-
-@pytest.fixture
-def passphrase_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "passphrase"
-    path.write_text(PASSPHRASE + "\n")
-    path.chmod(0o600)
-    monkeypatch.setenv("FABSTIR_PASSPHRASE_FILE", str(path))
-    return path
 
 
 def register_host(devnet: Devnet) -> None:

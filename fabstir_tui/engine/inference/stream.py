@@ -42,6 +42,18 @@ class GenerationRequest:
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
 
+    def sampler(self) -> dict[str, Any]:
+        """The sampler settings a re-run needs (what receipts hash and the archive keeps)."""
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "min_p": self.min_p,
+            "repeat_penalty": self.repeat_penalty,
+            "seed": self.seed,
+            "max_tokens": self.max_tokens,
+        }
+
     def to_wire(self) -> dict[str, Any]:
         data = asdict(self)
         data["messages"] = list(self.messages) if self.messages is not None else None

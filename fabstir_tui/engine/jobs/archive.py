@@ -13,11 +13,12 @@ import json
 import math
 import os
 import re
-import secrets
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from fabstir_tui.engine.durable import write_atomically
 
 KINDS: Final = ("job", "session")
 NO_CONTRACT: Final = "no-contract"
@@ -132,27 +133,7 @@ class JobArchive:
         for part in target.parent.relative_to(self.root).parts:
             folder = folder / part
             folder.mkdir(mode=0o700, exist_ok=True)
-        temp = target.parent / f".tmp-{job.job_id}-{secrets.token_hex(8)}"
-        data = job.to_json()
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(target, job.to_json())
 
     def _read(self, path: Path) -> ArchivedJob:
         try:

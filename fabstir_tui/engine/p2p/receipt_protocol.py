@@ -14,18 +14,16 @@ names that blob, written atomically so the index survives restarts.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import logging
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from fabstir_tui.engine.durable import write_atomically
 from fabstir_tui.engine.p2p.frames import FrameError, MalformedFrame
 from fabstir_tui.engine.p2p.messages import VERSION, ErrorCode, error_frame, error_frame_for
 from fabstir_tui.engine.p2p.request_auth import AuthDomain
@@ -71,26 +69,7 @@ class ReceiptBook:
         """Store the receipt and index it; returns its hash (0x-hex)."""
         digest = self.blobs.put(signed.to_json())
         key = receipt_hash(signed.receipt, domain).hex()
-        self.index.mkdir(mode=0o700, parents=True, exist_ok=True)
-        target = self.index / key
-        temp = self.index / f".tmp-{key}-{secrets.token_hex(8)}"
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, digest.encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        dir_fd = os.open(self.index, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(self.index / key, digest.encode("ascii"))
         return "0x" + key
 
     def load(self, hash_hex: str) -> SignedReceipt | None:
@@ -126,7 +105,6 @@ class FinishedJob:
 
 def runtime_settings(node: Node, job: FinishedJob) -> dict[str, Any]:
     """The runtime and sampler settings this job really ran with (what re-execution needs)."""
-    gen = job.generation
     try:
         version = importlib.metadata.version("llama_cpp_python")
     except importlib.metadata.PackageNotFoundError:
@@ -139,13 +117,7 @@ def runtime_settings(node: Node, job: FinishedJob) -> dict[str, Any]:
         "threads": job.model.n_threads,
         "batch_size": node.config.inference.batch_size,
         "n_ctx": job.model.n_ctx,
-        "temperature": gen.temperature,
-        "top_k": gen.top_k,
-        "top_p": gen.top_p,
-        "min_p": gen.min_p,
-        "repeat_penalty": gen.repeat_penalty,
-        "seed": gen.seed,
-        "max_tokens": gen.max_tokens,
+        **job.generation.sampler(),
     }
 
 

@@ -8,16 +8,14 @@ reported naming it — never returned as data — and a full disk leaves no part
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
-import os
 import re
-import secrets
 from pathlib import Path
 
+from fabstir_tui.engine.durable import write_atomically
+
 _NAME = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
 
 
 class BlobError(Exception):
@@ -73,7 +71,7 @@ class BlobStore:
             except BlobCorrupted:
                 pass  # rewrite the damaged copy with the good bytes we hold
         try:
-            self._write_atomically(path, data)
+            write_atomically(path, data)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise BlobStoreFull(
@@ -81,32 +79,3 @@ class BlobStore:
                 ) from exc
             raise BlobError(f"cannot write blob {path}: {exc}") from exc
         return digest
-
-    def _write_atomically(self, path: Path, data: bytes) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        temp = path.parent / f".tmp-{path.name}-{secrets.token_hex(8)}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            try:
-                view = memoryview(data)
-                offset = 0
-                while offset < len(view):
-                    offset += os.write(fd, view[offset : offset + _CHUNK])
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable: a crash after put() returns must not lose the blob."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
