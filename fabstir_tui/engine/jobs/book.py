@@ -264,6 +264,20 @@ class JobBook:
         rows = self._store.query(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {KEY_WHERE}", key.params)
         return record_from_row(rows[0]) if rows else None
 
+    def pending_keys(self) -> set[JobKey]:
+        """Jobs with an effect in flight (keys only: the per-round checks need no details)."""
+        rows = self._store.query(
+            "SELECT kind, chain_id, contract, job_id FROM job_effects WHERE status='pending'"
+        )
+        return {JobKey(JobKind(str(r[0])), int(str(r[1])), str(r[2]), str(r[3])) for r in rows}
+
+    def has_pending(self, key: JobKey) -> bool:
+        """Whether this one job has an effect in flight (a request's admission asks this)."""
+        rows = self._store.query(
+            f"SELECT 1 FROM job_effects WHERE {KEY_WHERE} AND status='pending'", key.params
+        )
+        return bool(rows)
+
     def pending_effects(self) -> list[PendingEffect]:
         """What a restarted node must re-check or resend, oldest first."""
         rows = self._store.query(

@@ -139,7 +139,7 @@ class MarketSync:
                 new.append(key)
         if fresh:
             self.watermark = max(row.updated_block for row in fresh)
-        pending = {p.key for p in self.book.pending_effects()}
+        pending = self.book.pending_keys()
         for record in self._unfinished():
             if record.key in pending:
                 continue

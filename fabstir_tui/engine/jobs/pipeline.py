@@ -72,6 +72,7 @@ class JobPipeline:
         self._leave_reasons: dict[JobKey, str] = {}
         self._window_s: int | None = None
         self._chain_time = 0
+        self._timed_head: int | None = None
         self._kick = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sub: Any = None
@@ -165,12 +166,19 @@ class JobPipeline:
         self.publish()
 
     async def _read_chain_time(self) -> None:
+        """The newest block's time, read once per new head the follower has seen (not every
+        round: a quiet chain costs no RPC)."""
         pool = self.node.chain.pool
         if pool is None:
+            return
+        follower = self.node.chain.follower
+        head = follower.head if follower is not None else None
+        if head is not None and head == self._timed_head and self._window_s is not None:
             return
         w3 = pool.web3()
         latest = await w3.eth.get_block("latest")
         self._chain_time = int(latest["timestamp"])
+        self._timed_head = head
         if self._window_s is None:
             contracts = self.node.chain.contracts
             self._window_s = await contracts.immutable(w3, "JobMarketplace", "disputeWindow")
@@ -222,7 +230,7 @@ class JobPipeline:
         """§11.8: a claim whose prompt did not come within jobs.prompt_delivery_s is given back
         (escrow stays with the client); the operator sees it and the gas it cost."""
         limit = self.node.config.jobs.prompt_delivery_s
-        pending = {p.key for p in self.book.pending_effects()}
+        pending = self.book.pending_keys()
         for record in self.book.by_state(JobKind.OPEN, {S.CLAIMED}):
             if record.key in pending or self.runs.active(record.key):
                 continue
@@ -246,7 +254,7 @@ class JobPipeline:
         we do, so the payment does not wait for the client)."""
         if self._window_s is None:
             return
-        pending = {p.key for p in self.book.pending_effects()}
+        pending = self.book.pending_keys()
         for record in self.book.by_state(JobKind.OPEN, {S.SUBMITTED}):
             row = market_row(self.store, record.key.job_id)
             if row is None or row.status != "submitted" or row.submitted_at is None:

@@ -162,7 +162,7 @@ class JobRuns:
             return Refusal("already_delivered", f"{name} was already delivered")
         if state != S.CLAIMED:
             return Refusal("not_claimed", f"{name} is {state}: {record.detail or 'closed'}")
-        if any(p.key == key for p in self.book.pending_effects()):
+        if self.book.has_pending(key):
             return Refusal("busy", f"{name}'s claim is not confirmed yet; retry in a few seconds")
         wanted = request.model_id.lower()
         wanted = wanted if wanted.startswith("0x") else "0x" + wanted

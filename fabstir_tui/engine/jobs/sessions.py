@@ -161,7 +161,7 @@ class SessionWork:
     def sync(self) -> list[tuple[JobKey, JobState]]:
         """New sessions with us enter pending approval; settled ones follow the chain."""
         moved: list[tuple[JobKey, JobState]] = []
-        pending = {p.key for p in self.book.pending_effects()}
+        pending = self.book.pending_keys()
         for row in session_rows(self.pipeline.store):
             key = self.key(row.session_id)
             record = self.book.get(key)
@@ -208,7 +208,7 @@ class SessionWork:
     def schedule(self, chain_now: int) -> None:
         """Prove unproven work every N tokens, when quiet, or before the timeout; time out
         sessions the client abandoned so their proven work is paid."""
-        pending = {p.key for p in self.book.pending_effects()}
+        pending = self.book.pending_keys()
         for record in self.book.by_state(JobKind.SESSION, {S.ACTIVE}):
             key = record.key
             row = session_row(self.pipeline.store, key.job_id)
