@@ -21,8 +21,8 @@ from fabstir_tui.engine.p2p.request_auth import AuthReason, AuthRefused, auth_fr
 
 if TYPE_CHECKING:
     from fabstir_tui.engine.api.shapes import Ask
-    from fabstir_tui.engine.p2p.job_protocol import JobProtocol
     from fabstir_tui.engine.p2p.messages import JobRequest
+    from fabstir_tui.engine.serving.runner import RequestRunner
 
 API_KEY_ENV = "FABSTIR_API_KEY"
 # Signed by someone, but not for this job, this host or by its poster: forbidden, not unknown.
@@ -84,11 +84,11 @@ def paid_shape(ask: Ask) -> None:
         )
 
 
-async def admit_paid(engine: JobProtocol, request: JobRequest) -> RunTicket | Replay:
+async def admit_paid(runner: RequestRunner, request: JobRequest) -> RunTicket | Replay:
     """The pipeline's verdict (claimed by us, model, deadline, prompt hash) and then the
     signature by the job's poster: the same checks, in the same order, as the P2P path.
     A Replay: the job was delivered already and its archived answer is sent again."""
-    jobs = engine.node.jobs
+    jobs = runner.node.jobs
     if jobs is None:
         raise ApiError(
             403,
@@ -100,7 +100,7 @@ async def admit_paid(engine: JobProtocol, request: JobRequest) -> RunTicket | Re
         raise refusal(checked.code, checked.message)
     expected = jobs.runs.expected_signer(checked)
     try:
-        await asyncio.to_thread(engine._check_auth, request, expected)
+        await asyncio.to_thread(runner.check_auth, request, expected)
     except AuthRefused as exc:
         status = 403 if exc.reason in _FORBIDDEN else 401
         raise ApiError(status, f"auth_{exc.reason}", f"auth refused: {exc}") from None

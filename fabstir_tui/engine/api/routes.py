@@ -18,7 +18,7 @@ from fabstir_tui.engine.p2p.messages import EndFrame
 
 if TYPE_CHECKING:
     from fabstir_tui.engine.node import Node
-    from fabstir_tui.engine.p2p.job_turns import Pending
+    from fabstir_tui.engine.serving.turns import Pending
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",

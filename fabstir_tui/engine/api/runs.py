@@ -1,6 +1,7 @@
 """The HTTP API's side of a run: find the model, admit the request (operator or paid), wait
-for an inference slot, pull the tokens, wind up. It reuses the P2P job protocol's engine half
-(one class, so paid HTTP runs are judged, receipted and submitted exactly like P2P runs)."""
+for an inference slot, pull the tokens, wind up. The work is the shared RequestRunner's
+(engine/serving), so paid HTTP runs are judged, receipted and submitted exactly like P2P
+runs; this module turns its frames into API errors."""
 
 from __future__ import annotations
 
@@ -15,11 +16,10 @@ from fabstir_tui.engine.api.errors import ApiError, refusal
 from fabstir_tui.engine.inference.registry import model_key
 from fabstir_tui.engine.inference.stream import GenerationRequest
 from fabstir_tui.engine.jobs.runs import Replay, RunTicket
-from fabstir_tui.engine.p2p import job_turns
-from fabstir_tui.engine.p2p.job_link import Batch, RunningJob
-from fabstir_tui.engine.p2p.job_protocol import JobProtocol
-from fabstir_tui.engine.p2p.job_turns import Pending
 from fabstir_tui.engine.p2p.messages import JobRequest
+from fabstir_tui.engine.serving.links import Batch, RunningJob
+from fabstir_tui.engine.serving.runner import RequestRunner
+from fabstir_tui.engine.serving.turns import Pending
 
 if TYPE_CHECKING:
     from fabstir_tui.engine.api.shapes import Ask
@@ -70,10 +70,12 @@ def locate(node: Node, wanted: str) -> Located:
     )
 
 
-class HttpJobs(JobProtocol):
-    """The job protocol's engine half, driven by HTTP handlers instead of libp2p streams."""
+class HttpJobs:
+    """The shared request runner, driven by HTTP (and WebSocket) handlers."""
 
-    name = "http"
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.runner = RequestRunner(node)
 
     async def admit(self, ask: Ask, caller: Credentials) -> tuple[Pending | Replay, Located]:
         """A request that may wait for a slot (or a delivered job's replay), or an ApiError
@@ -96,7 +98,7 @@ class HttpJobs(JobProtocol):
             paid_shape(ask)
             if located.sha256 is None:
                 raise ApiError(503, "model_hashing", f"{located.name} is still being hashed")
-            checked = await admit_paid(self, request)
+            checked = await admit_paid(self.runner, request)
             if isinstance(checked, Replay):
                 self.node.log("info", "jobs", f"job {checked.key.job_id}: its answer sent again")
                 return checked, located
@@ -108,7 +110,7 @@ class HttpJobs(JobProtocol):
             messages=ask.messages,
             max_tokens=max_tokens,
             temperature=defaults.temperature if ask.temperature is None else ask.temperature,
-            seed=self._seed_for(request),
+            seed=self.runner.seed_for(request),
             stop=ask.stop,
         )
         jobs = self.node.jobs
@@ -133,7 +135,7 @@ class HttpJobs(JobProtocol):
         job: RunningJob | None = None
         try:
             while True:
-                turn = await job_turns.next_turn(self.node, pending)
+                turn = await self.runner.next_turn(pending)
                 if isinstance(turn, RunningJob):
                     job = turn
                     return job
@@ -143,19 +145,19 @@ class HttpJobs(JobProtocol):
                     await on_position(turn)
         finally:
             if job is None:
-                await _shielded(job_turns.abandon(self.node, pending, self._wind_up))
+                await _shielded(self.runner.abandon(pending))
 
     async def batches(self, job: RunningJob) -> AsyncGenerator[Batch, None]:
         """The run's batches, the last one with its end (usage, receipt) or its error; the
         run is wound up (cancelled if unfinished, slot released) however the caller stops."""
         try:
             while True:
-                batch = await self._next_batch(job)
+                batch = await self.runner.next_batch(job)
                 yield batch
                 if batch.end is not None or batch.error is not None:
                     return
         finally:
-            await _shielded(self._wind_up(job))
+            await _shielded(self.runner.wind_up(job))
 
 
 def batch_error(batch: Batch) -> ApiError:

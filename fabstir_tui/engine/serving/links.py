@@ -1,6 +1,6 @@
-"""The job protocol's link to the job pipeline (engine/jobs): which requests the pipeline
-judges, and what a run tells it as it streams, ends or is cut. Kept apart from the protocol's
-framing so each stays small; every function is a no-op for allowlisted, off-pipeline runs."""
+"""A served request's link to the job pipeline (engine/jobs): which requests the pipeline
+judges, and what a run tells it as it streams, ends or is cut — the same for P2P, HTTP and
+WebSocket clients. Every function is a no-op for free (allowlisted or operator) runs."""
 
 from __future__ import annotations
 

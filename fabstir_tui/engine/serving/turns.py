@@ -1,4 +1,4 @@
-"""Waiting for an inference slot (DESIGN §11.10) on the job protocol's asyncio side.
+"""Waiting for an inference slot (DESIGN §11.10), for every kind of client (asyncio side).
 
 An admitted request becomes a `Pending`: it joins the model's slot queue (price first, then
 age) and the protocol pulls turns from it — each turn is either its new position in the
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from fabstir_tui.engine.inference.slots import SlotLease
 from fabstir_tui.engine.inference.stream import GenerationRequest, InferenceError
 from fabstir_tui.engine.jobs.runs import RunTicket
-from fabstir_tui.engine.p2p.job_link import RunningJob
 from fabstir_tui.engine.p2p.messages import ErrorCode, JobRequest, error_frame
+from fabstir_tui.engine.serving.links import RunningJob
 
 if TYPE_CHECKING:
     from fabstir_tui.engine.events import LoadedModel
