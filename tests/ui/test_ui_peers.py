@@ -35,7 +35,11 @@ pytestmark = pytest.mark.slow
 
 def p2p_config(tmp_path: Path, models_dir: Path, name: str) -> Config:
     base = make_config(tmp_path / name, models_dir, name=name)
-    p2p = P2pSection(enabled=True, listen_addrs=[LOCAL], ping_interval_s=1, peer_info_interval_s=5)
+    # No DHT: its routing refreshes dial known peers again, which could undo the `d` under
+    # test (a busy machine made that race real); the Peers screen needs only connections.
+    p2p = P2pSection(
+        enabled=True, listen_addrs=[LOCAL], ping_interval_s=1, peer_info_interval_s=5, dht=False
+    )
     return base.model_copy(update={"p2p": p2p})
 
 
