@@ -177,7 +177,9 @@ class Node(JobCommands, PeerCommands):
         api_url = self.config.p2p.api_url
 
         def provide() -> InfoResponse:
-            return node_info(self.snapshot(), self.chain_status(), api_url, version)
+            return node_info(
+                self.snapshot(), self.chain_status(), api_url, version, self.models.slot_totals()
+            )
 
         service = P2PService(
             self.config, provide, bus=self.bus, log=self.log, components=node_components(self)

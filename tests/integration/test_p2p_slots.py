@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from gguf_factory import write_tiny_llama
 
+from fabstir_tui.client.p2p import query_info
 from fabstir_tui.client.p2p_job import JobEvent, P2PClient, peer_id_for
 from fabstir_tui.config import Config, InferenceSection, P2pSection, PathsSection, TelemetrySection
 from fabstir_tui.engine.node import Node
@@ -89,6 +90,9 @@ async def test_requests_beyond_the_slot_wait_with_their_position(
         await until(lambda: seen["third"])
         assert seen["second"][0] == QueuedFrame(position=1)
         assert seen["third"][0] == QueuedFrame(position=2)
+        # what the node tells others of its capacity: one slot, busy, two waiting
+        busy = (await query_info(addr, timeout_s=30)).capacity
+        assert (busy.max_jobs, busy.active_jobs, busy.queued_jobs) == (1, 1, 2)
 
         third.cancel()  # the third client gives up while waiting
         await asyncio.gather(third, return_exceptions=True)
@@ -104,3 +108,5 @@ async def test_requests_beyond_the_slot_wait_with_their_position(
         fresh: list[JobEvent] = [e async for e in client.job(addr, request(4, "4"))]
         assert not any(isinstance(e, QueuedFrame) for e in fresh)
         assert isinstance(fresh[-1], EndFrame)
+        idle = (await query_info(addr, timeout_s=30)).capacity
+        assert (idle.max_jobs, idle.active_jobs, idle.queued_jobs) == (1, 0, 0)

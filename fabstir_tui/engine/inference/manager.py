@@ -253,6 +253,15 @@ class ModelManager:
             queue = self._slots[key] = SlotQueue(self.config.slots)
         return queue
 
+    def slot_totals(self) -> tuple[int, int, int]:
+        """(slots, busy, waiting) over the loaded models: the capacity a node announces."""
+        queues = [self.slot_queue(m.path) for m in self.loaded()]
+        return (
+            sum(q.capacity for q in queues),
+            sum(q.busy for q in queues),
+            sum(q.waiting for q in queues),
+        )
+
     def tokens_per_s(self, path: str) -> float | None:
         """Median decode speed of the model's recent generations (what a quote's run time
         is worked out from); None before one was measured."""

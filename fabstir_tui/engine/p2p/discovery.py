@@ -265,7 +265,9 @@ def node_discovery_components(node: Node) -> list[P2PComponent]:
     version = package_version()
 
     def info() -> InfoResponse:
-        return node_info(node.snapshot(), node.chain_status(), p2p.api_url, version)
+        return node_info(
+            node.snapshot(), node.chain_status(), p2p.api_url, version, node.models.slot_totals()
+        )
 
     components: list[P2PComponent] = []
     if p2p.dht:

@@ -74,11 +74,16 @@ def _hex_key(model_id: str) -> str:
 
 
 def node_info(
-    snapshot: NodeSnapshot, chain: ChainStatus | None, api_url: str, version: str
+    snapshot: NodeSnapshot,
+    chain: ChainStatus | None,
+    api_url: str,
+    version: str,
+    slots: tuple[int, int, int] | None = None,
 ) -> InfoResponse:
     """The info answer from the node's state: every hashed model on disk (its id is the
     SHA-256 of the file), priced from the chain registration when it lists the model
-    (0 when it does not), the first GPU and the chain address when they are known."""
+    (0 when it does not), the first GPU and the chain address when they are known, and the
+    capacity from `slots` = (slots, busy, waiting) over the loaded models."""
     prices = {_hex_key(mid): price for mid, price in chain.models} if chain is not None else {}
     token = chain.price_token if chain is not None else ""
     token = token if _ADDRESS.fullmatch(token) else ""
@@ -105,10 +110,11 @@ def node_info(
             count=len(snapshot.gpu.devices),
         )
     address = chain.address if chain is not None and _ADDRESS.fullmatch(chain.address) else ""
+    total, busy, waiting = slots if slots is not None else (len(snapshot.loaded), 0, 0)
     chain_id = chain.chain_id if chain is not None and chain.chain_id >= 1 else None
     return InfoResponse(
         models=tuple(offers[:MAX_MODELS]),
-        capacity=Capacity(max_jobs=len(snapshot.loaded), active_jobs=0),
+        capacity=Capacity(max_jobs=total, active_jobs=busy, queued_jobs=waiting),
         api_url=api_url,
         chain_address=address,
         version=version,
