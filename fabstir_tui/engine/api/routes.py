@@ -11,8 +11,10 @@ from aiohttp import web
 
 from fabstir_tui.engine.api.auth import credentials
 from fabstir_tui.engine.api.errors import ApiError, error_body
+from fabstir_tui.engine.api.limits import RateLimiter
 from fabstir_tui.engine.api.runs import HttpJobs, Located, batch_error, loaded_models
 from fabstir_tui.engine.api.shapes import Kind, Reply, finish_reason, parse_ask, usage
+from fabstir_tui.engine.api.ws import WsSessions
 from fabstir_tui.engine.jobs.runs import Replay
 from fabstir_tui.engine.p2p.messages import EndFrame
 
@@ -40,16 +42,19 @@ def _extra(end: EndFrame) -> dict[str, Any]:
 class Routes:
     """Handlers bound to one node; the operator key is held here, never logged."""
 
-    def __init__(self, node: Node, api_key: str | None) -> None:
+    def __init__(self, node: Node, api_key: str | None, limiter: RateLimiter) -> None:
         self.node = node
         self.engine = HttpJobs(node)
         self._api_key = api_key
+        self.limiter = limiter
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        sockets = WsSessions(self.node, self.engine, self._api_key, self.limiter)
+        app.router.add_get("/v1/ws", sockets.mount(app))
 
     # --- read-only ---------------------------------------------------------------------
 

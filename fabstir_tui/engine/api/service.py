@@ -54,7 +54,9 @@ class ApiService:
         self.section = section or node.config.api
         self._listen = listen or self.section.listen
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
-        self.routes = Routes(node, key or None)
+        # One per-address allowance for HTTP requests and WebSocket prompts together.
+        self.limiter = RateLimiter(self.section.requests_per_minute)
+        self.routes = Routes(node, key or None, self.limiter)
         self._extra: list[tuple[str, str, RouteHandler]] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -78,7 +80,7 @@ class ApiService:
                 errors_middleware(log),
                 cors_middleware(frozenset(section.cors_allow_origins)),
                 connections_middleware(section.max_connections_per_ip),
-                RateLimiter(section.requests_per_minute).middleware(),
+                self.limiter.middleware(),
             ],
         )
         app.on_response_prepare.append(add_cors_headers)
