@@ -27,6 +27,7 @@ bench: bootstrap
 	$(BIN)/python bench/chain.py --events 50
 	$(BIN)/python bench/p2p.py --burst 150
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/api_stream.py
 
 contracts: bootstrap
 	node scripts/compile-contracts.mjs
