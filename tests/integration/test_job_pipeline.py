@@ -4,6 +4,7 @@ and after the dispute window the payment is released and credited to the wei."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -231,5 +232,49 @@ async def test_a_claim_whose_prompt_never_comes_is_given_back(
             assert int(str(unclaim.effect_result["fee_wei"])) > 0  # the gas it cost, recorded
             said = [r.message for r in node.recent_logs() if r.source == "jobs"]
             assert any("giving it back" in m for m in said)
+        finally:
+            await node.stop()
+
+
+@pytest.mark.slow
+async def test_a_run_whose_deadline_comes_is_stopped_not_submitted(
+    tmp_path: Path, smollm_gguf: Path
+) -> None:
+    """A submit after the deadline reverts: the node stops the run when chain time reaches
+    the deadline, the client gets its tokens so far and `deadline_passed`, nothing is sent.
+    (SmolLM2, whose long run outlasts the follower noticing the new block; the tiny model
+    would fill its context first.)"""
+    with Anvil(chain_id=31337, accounts=4) as anvil:
+        rig = make_rig(anvil, smollm_gguf, tmp_path)
+        node = await start_node(rig)
+        try:
+            job_id = rig.post(PROMPT, max_tokens=3000, ttl=120)
+            key = rig.key(job_id)
+            await until(lambda: any(v.key == key for v in node.jobs_snapshot().market))
+            await node.claim_job(key)
+            await until(lambda: node.jobs.book.get(key).state == JobState.CLAIMED)
+            await until(lambda: not node.jobs.book.pending_effects())
+            request = dataclasses.replace(rig.request(job_id, PROMPT), max_tokens=3000)
+            frames: list[object] = []
+            async with P2PClient() as client:
+                try:
+                    async for frame in client.job(p2p_addr(node), request):
+                        frames.append(frame)
+                        if len(frames) == 1:  # streaming: the chain's clock passes the deadline
+                            await asyncio.to_thread(rig.advance, 300)
+                except P2PRefused as exc:
+                    refused = exc
+                else:
+                    raise AssertionError(f"the late run was not stopped: {frames[-1]}")
+            assert refused.code == "deadline_passed"
+            assert isinstance(frames[0], TokenFrame)
+            streamed = sum(f.tokens for f in frames if isinstance(f, TokenFrame))
+            assert 0 < streamed < 1000  # stopped well before the context or max tokens
+            assert node.jobs.book.get(key).state != JobState.SUBMITTED
+            said = [r.message for r in node.recent_logs() if r.source == "jobs"]
+            assert any("run cut: its deadline passed during the run" in m for m in said)
+            actions = [t.effect.action for t in node.jobs.book.history(key) if t.effect]
+            assert "submit" not in actions
+            assert rig.job(job_id)["status"] != SUBMITTED
         finally:
             await node.stop()

@@ -102,7 +102,10 @@ async def test_requests_beyond_the_slot_wait_with_their_position(
             await second
         assert isinstance(seen["second"][-1], EndFrame)
         assert not any(isinstance(e, TokenFrame) for e in seen["third"])
-        assert node.models.slot_queue(node.list_models()[0].path).busy == 0
+        slots = node.models.slot_queue(node.list_models()[0].path)
+        async with asyncio.timeout(30):  # the slot is handed back just after the end frame
+            while slots.busy or slots.waiting:
+                await asyncio.sleep(0.02)
 
         # The queue is empty again: a new request runs at once, with no queued frame.
         fresh: list[JobEvent] = [e async for e in client.job(addr, request(4, "4"))]

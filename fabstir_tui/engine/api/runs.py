@@ -166,6 +166,8 @@ def batch_error(batch: Batch) -> ApiError:
     message = str(error.get("message", "the generation failed"))
     if CONTEXT_REFUSAL in message:
         return ApiError(400, "context_length_exceeded", message)
+    if error.get("code") == "deadline_passed":
+        return refusal("deadline_passed", message)
     return ApiError(500, str(error.get("code", "internal")), message)
 
 

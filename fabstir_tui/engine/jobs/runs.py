@@ -181,6 +181,15 @@ class JobRuns:
         budget = min(request.max_tokens, record.max_tokens or request.max_tokens)
         return RunTicket(key, record, budget)
 
+    def past_deadline(self, ticket: RunTicket) -> bool:
+        """An open job whose deadline has come while it runs: its submit would revert."""
+        deadline = ticket.record.deadline
+        return (
+            ticket.key.kind == JobKind.OPEN
+            and deadline is not None
+            and (deadline <= self.pipeline.now())
+        )
+
     def expected_signer(self, ticket: RunTicket | Replay) -> Any:
         """The auth check's hook: the job's poster is the only one who may ask for it."""
 

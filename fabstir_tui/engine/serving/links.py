@@ -118,6 +118,15 @@ def finished(node: Node, job: RunningJob, end: EndFrame) -> None:
         cut(node, job, f"its end could not be recorded: {exc}")
 
 
+def past_deadline(node: Node, job: RunningJob) -> bool:
+    """The job's deadline has come mid-run (chain time): stop rather than submit too late."""
+    return (
+        job.ticket is not None
+        and node.jobs is not None
+        and node.jobs.runs.past_deadline(job.ticket)
+    )
+
+
 def cut(node: Node, job: RunningJob, why: str) -> None:
     """The run ended without an output to submit (client gone, worker failed)."""
     if job.ticket is not None and node.jobs is not None:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from fabstir_tui.engine.node import Node
 
 BATCH_INTERVAL_S = 0.05
+DEADLINE_PASSED = "deadline_passed"  # the pipeline's refusal code, also for a run cut late
 NONCE_SWEEP_INTERVAL_S = 3600.0
 _FINISH = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
@@ -220,6 +221,8 @@ class RequestRunner:
             job.counted += batch.tokens
             job.output.extend(batch.pieces)
             links.progress(self.node, job, batch)
+            if links.past_deadline(self.node, job):
+                await self._stop_late(job, batch)
             return batch
         except StopAsyncIteration:
             job.finished = True
@@ -240,6 +243,19 @@ class RequestRunner:
             batch.error = error_frame(ErrorCode.INTERNAL, f"{job.model_name} failed: {exc}")
             links.cut(self.node, job, f"{job.model_name} failed: {exc}")
         return batch
+
+    async def _stop_late(self, job: RunningJob, batch: Batch) -> None:
+        """The deadline came mid-run: stop generating (a submit now would revert), tell the
+        client after the tokens it already has, and leave the job claimed to expire."""
+        job.finished = True
+        name = job.ticket.key.job_id if job.ticket is not None else "?"
+        why = f"job {name}'s deadline passed during the run; it was stopped unsubmitted"
+        batch.error = error_frame(DEADLINE_PASSED, why)
+        links.cut(self.node, job, "its deadline passed during the run")
+        try:
+            await job.stream.cancel()
+        except Exception as exc:  # the worker may be gone already
+            self.node.log("warning", "jobs", f"could not stop a late run: {exc}")
 
     async def _receipt_for(self, job: RunningJob, end: EndFrame) -> dict[str, Any] | None:
         """The signed receipt's wire form, or None (key locked, no chain, or a failure that

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +28,9 @@ if TYPE_CHECKING:
     from fabstir_tui.engine.node import Node
 
 HEARTBEAT_S = 5.0
+# A waiter hears of a new position at most this often: every slot freed moves every waiter up
+# one, so telling each of n waiters each move sends n²/2 frames (1000 clients: 499,500).
+REPORT_EVERY_S = 1.0
 
 
 @dataclass(slots=True)
@@ -40,18 +45,22 @@ class Pending:
     generation: GenerationRequest
     ticket: RunTicket | None
     price: int  # per million tokens: the queue's first order
-    positions: asyncio.Queue[int] = field(default_factory=asyncio.Queue)
-    position: int = 0
+    moved: asyncio.Event = field(default_factory=asyncio.Event)
+    position: int = 0  # 0 until it queues (it may never: a free slot is taken at once)
+    reported: int = 0  # the position the client was last told
+    reported_at: float = -math.inf
+    arrived: float = field(default_factory=time.monotonic)
     acquiring: asyncio.Future[SlotLease] | None = None
     job: RunningJob | None = None
 
 
 def _told(node: Node, pending: Pending) -> Any:
-    """The slot queue's position callback: the client's frame and the Jobs screen both see it."""
+    """The slot queue's position callback: the Jobs screen sees it now, the client at its
+    next report."""
 
     def on_position(position: int) -> None:
         pending.position = position
-        pending.positions.put_nowait(position)
+        pending.moved.set()
         if pending.ticket is not None and node.jobs is not None:
             node.jobs.runs.queued(pending.ticket.key, position)
 
@@ -59,22 +68,34 @@ def _told(node: Node, pending: Pending) -> Any:
 
 
 async def next_turn(node: Node, pending: Pending) -> int | RunningJob | dict[str, Any]:
-    """The request's position while it waits, its started run, or an error frame."""
+    """The started run once a slot is free, else the request's position to tell its client:
+    a new one at most every REPORT_EVERY_S, the same one again after HEARTBEAT_S of quiet;
+    or an error frame."""
     if pending.acquiring is None:
         queue = node.models.slot_queue(pending.path)
         pending.acquiring = asyncio.ensure_future(
             queue.acquire(pending.price, _told(node, pending))
         )
-    moved: asyncio.Future[int] = asyncio.ensure_future(pending.positions.get())
-    waiting: set[asyncio.Future[Any]] = {pending.acquiring, moved}
-    try:
-        await asyncio.wait(waiting, timeout=HEARTBEAT_S, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not moved.done():
+    while True:
+        if pending.acquiring.done():
+            return start(node, pending, pending.acquiring.result())
+        now = time.monotonic()
+        changed = pending.position not in (0, pending.reported)
+        beat_at = max(pending.reported_at, pending.arrived) + HEARTBEAT_S
+        due = min(pending.reported_at + REPORT_EVERY_S, beat_at) if changed else beat_at
+        if now >= due and pending.position:
+            pending.reported, pending.reported_at = pending.position, now
+            return pending.position
+        due = max(due, now + REPORT_EVERY_S)  # not queued yet: nothing to tell
+        pending.moved.clear()
+        moved = asyncio.ensure_future(pending.moved.wait())
+        waiting: set[asyncio.Future[Any]] = {pending.acquiring}
+        if not changed:
+            waiting.add(moved)
+        try:
+            await asyncio.wait(waiting, timeout=due - now, return_when=asyncio.FIRST_COMPLETED)
+        finally:
             moved.cancel()
-    if pending.acquiring.done():
-        return start(node, pending, pending.acquiring.result())
-    return moved.result() if moved.done() and not moved.cancelled() else pending.position
 
 
 def start(node: Node, pending: Pending, lease: SlotLease) -> RunningJob | dict[str, Any]:
