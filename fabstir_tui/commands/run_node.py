@@ -43,6 +43,12 @@ def demo_layer(
         # The Peers screen and the job protocol on loopback only: nothing leaves the machine.
         extra["p2p.enabled"] = True
         extra["p2p.listen_addrs"] = ["/ip4/127.0.0.1/tcp/0"]
+    if base.sources.get("api.enabled", "default") == "default":
+        # The client API on loopback and a free port, so the header shows a real URL; the
+        # operator key still comes only from FABSTIR_API_KEY.
+        extra["api.enabled"] = True
+        if base.sources.get("api.listen", "default") == "default":
+            extra["api.listen"] = "127.0.0.1:0"
     if auto:  # the policy approves; manual (the operator's `c`) stays the default
         extra["jobs.mode"] = "auto"
     demo_dir = base.config.paths.data_dir

@@ -130,10 +130,21 @@ def _chain_lines(chain: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _api_traffic(api: dict[str, Any] | None) -> str:
+    """The API's traffic after its URL; empty for a node too old to report it."""
+    if not api or not api.get("running"):
+        return ""
+    return (
+        f" ({api['open_requests']} open, {api['open_websockets']} websockets, "
+        f"{api['per_minute']} requests/min, {api['requests_total']} requests, "
+        f"{api['errors_total']} errors)"
+    )
+
+
 def human_status(doc: dict[str, Any], url: str) -> str:
     """A few aligned lines an operator reads at a glance."""
     lines = [f"node      {doc['name']} ({doc['state']}), version {doc['version']}"]
-    lines.append(f"api       {url}")
+    lines.append(f"api       {url}{_api_traffic(doc.get('api'))}")
     models = doc.get("models", {})
     loaded = models.get("loaded", [])
     if not loaded:

@@ -48,6 +48,7 @@ from fabstir_tui.engine.telemetry.service import TelemetryService
 
 if TYPE_CHECKING:
     from fabstir_tui.engine.api import ApiService
+    from fabstir_tui.engine.api.traffic import ApiSnapshot
 
 NodeState = Literal["starting", "running", "stopping", "stopped", "failed"]
 
@@ -195,6 +196,10 @@ class Node(JobCommands, PeerCommands):
     def api(self) -> ApiService | None:
         """The running client API (its `url`), or None when it is off or failed to start."""
         return self._api
+
+    def api_status(self) -> ApiSnapshot | None:
+        """The client API's URL and traffic now, or None when it is off or failed to start."""
+        return self._api.snapshot() if self._api is not None else None
 
     @property
     def p2p(self) -> P2PService | None:

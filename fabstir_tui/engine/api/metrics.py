@@ -345,6 +345,26 @@ def _chain_metrics(out: Exposition, node: Node, counters: EventCounters) -> None
         out.add("fabstir_tx_errors_total", "counter", errors_help, count, {"status": status_name})
 
 
+def _api_metrics(out: Exposition, node: Node) -> None:
+    """The API's own traffic (the scrape in progress counts as one open request)."""
+    api = node.api_status()
+    requests_help = "HTTP requests ended, by route (canonical path or other) and status code."
+    refusals_help = "Requests refused with a JSON error, by the error's code."
+    out.declare("fabstir_api_requests_total", "counter", requests_help)
+    out.declare("fabstir_api_refusals_total", "counter", refusals_help)
+    out.declare("fabstir_api_open_requests", "gauge", "Requests in progress, streams included.")
+    out.declare("fabstir_api_open_websockets", "gauge", "WebSocket sessions connected now.")
+    if api is None:
+        return
+    for row in api.requests:
+        labels = {"route": row.route, "code": str(row.code)}
+        out.add("fabstir_api_requests_total", "counter", requests_help, row.count, labels)
+    for code, count in api.refusals:
+        out.add("fabstir_api_refusals_total", "counter", refusals_help, count, {"code": code})
+    out.add("fabstir_api_open_requests", "gauge", "", api.open_requests)
+    out.add("fabstir_api_open_websockets", "gauge", "", api.open_websockets)
+
+
 def collect(node: Node, counters: EventCounters) -> str:
     """The whole exposition at this instant."""
     out = Exposition()
@@ -354,6 +374,7 @@ def collect(node: Node, counters: EventCounters) -> str:
     _gpu_metrics(out, node)
     _peer_and_host_metrics(out, node)
     _chain_metrics(out, node, counters)
+    _api_metrics(out, node)
     out.add(
         "fabstir_metrics_events_dropped_total",
         "counter",

@@ -23,6 +23,7 @@ from fabstir_tui.engine.api.limits import (
     errors_middleware,
 )
 from fabstir_tui.engine.api.routes import Routes
+from fabstir_tui.engine.api.traffic import ApiSnapshot, ApiTraffic
 
 if TYPE_CHECKING:
     from fabstir_tui.config import ApiSection
@@ -57,6 +58,7 @@ class ApiService:
         # One per-address allowance for HTTP requests and WebSocket prompts together.
         self.limiter = RateLimiter(self.section.requests_per_minute)
         self.routes = Routes(node, key or None, self.limiter)
+        self.traffic = ApiTraffic()
         self._extra: list[tuple[str, str, RouteHandler]] = []
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -77,6 +79,7 @@ class ApiService:
         app = web.Application(
             client_max_size=section.max_body_bytes,
             middlewares=[
+                self.traffic.middleware(),  # outermost: it sees the guards' refusals too
                 errors_middleware(log),
                 cors_middleware(frozenset(section.cors_allow_origins)),
                 connections_middleware(section.max_connections_per_ip),
@@ -88,6 +91,10 @@ class ApiService:
         for method, path, handler in self._extra:
             app.router.add_route(method, path, handler)
         return app
+
+    def snapshot(self) -> ApiSnapshot:
+        """Where the API listens and its traffic now (for /metrics, status and the header)."""
+        return self.traffic.snapshot(self.url)
 
     async def start(self) -> None:
         """Bind and serve; raises OSError when the address cannot be bound."""

@@ -116,6 +116,24 @@ def _jobs(node: Node) -> dict[str, Any]:
     }
 
 
+def _api(node: Node) -> dict[str, Any]:
+    """The API's address and traffic (this status request counts as one open request)."""
+    api = node.api_status()
+    block: dict[str, Any] = {"enabled": node.config.api.enabled, "running": api is not None}
+    if api is None:
+        return block
+    return {
+        **block,
+        "url": api.url,
+        "open_requests": api.open_requests,
+        "open_websockets": api.open_websockets,
+        "requests_total": api.requests_total,
+        "errors_total": api.errors_total,
+        "per_minute": api.per_minute,
+        "refusals": dict(api.refusals),
+    }
+
+
 def status_document(node: Node) -> dict[str, Any]:
     """What `fabstir-tui status --json` prints: a stable, secret-free picture of the node."""
     snap = node.snapshot()
@@ -160,6 +178,7 @@ def status_document(node: Node) -> dict[str, Any]:
         if p2p is None
         else {"peer_id": p2p.peer_id, "listen_addrs": list(p2p.listen_addrs)},
         "jobs": _jobs(node),
+        "api": _api(node),
     }
 
 

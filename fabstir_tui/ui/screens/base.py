@@ -20,7 +20,10 @@ from fabstir_tui.ui.peer_format import p2p_summary
 from fabstir_tui.ui.widgets.status_header import StatusHeader
 
 if TYPE_CHECKING:
+    from fabstir_tui.engine.api.traffic import ApiSnapshot
     from fabstir_tui.ui.app import FabstirApp
+
+API_REFRESH_S = 1.0  # the API's traffic has no events: the header reads its counters this often
 
 HEADER_EVENTS: tuple[type[ev.Event], ...] = (
     ev.NodeStateChanged,
@@ -81,6 +84,17 @@ def chain_summary(status: cev.ChainStatus | None) -> str:
     return f"⛓{status.chain_id} #{status.block}{sync}{reg}"
 
 
+def api_summary(enabled: bool, status: ApiSnapshot | None, node_state: str) -> str:
+    """The header's API segment: its port, requests open now and the last minute's rate;
+    nothing when the config leaves the API off (80 columns are better spent on the GPU)."""
+    if not enabled:
+        return ""
+    if status is None:
+        return "API …" if node_state in ("starting", "stopped") else "API failed"
+    port = f":{status.port}" if status.port is not None else status.url
+    return f"API {port} · {status.open_requests} open · {status.per_minute}/min"
+
+
 def model_summary(loaded: tuple[ev.LoadedModel, ...]) -> str:
     if not loaded:
         return "no model loaded"
@@ -128,16 +142,19 @@ class LiveScreen(Screen[None]):
         header.chain_text = chain_summary(snapshot.chain)
         self.draw_p2p(self.node.peer_book.latest)
         header.jobs_text = jobs_summary(self.node.jobs_snapshot(), self.node.jobs is not None)
+        self.draw_api()
         self.live_mount(snapshot)
         self.models_changed()
         self.draw_telemetry()
         self.set_interval(1.0 / self.node.config.ui.refresh_hz, self._flush)
+        self.set_interval(API_REFRESH_S, self._refresh_api)
 
     def on_unmount(self) -> None:
         self.feed.close()
 
     def on_screen_resume(self) -> None:
         self._flush()
+        self.draw_api()
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         report_worker_failure(self.node, self.app, event)
@@ -159,6 +176,15 @@ class LiveScreen(Screen[None]):
 
     # --- feed handlers --------------------------------------------------------------------
 
+    def _refresh_api(self) -> None:
+        if self.is_current:
+            self.draw_api()
+
+    def draw_api(self) -> None:
+        """The header's API segment, read from the node's counters (no event carries them)."""
+        node = self.node
+        self.header.api_text = api_summary(node.config.api.enabled, node.api_status(), node.state)
+
     def _flush(self) -> None:
         if self._telemetry_dirty and self.is_current:
             self._telemetry_dirty = False
@@ -179,6 +205,7 @@ class LiveScreen(Screen[None]):
     def on_engine_node_state_changed(self, message: msg.NodeStateChanged) -> None:
         self.header.node_state = message.event.state
         self.draw_p2p(self.node.peer_book.latest)  # P2P starts and stops with the node
+        self.draw_api()  # so does the API
 
     def on_engine_jobs_changed(self, message: msg.JobsChanged) -> None:
         self.header.jobs_text = jobs_summary(message.event, self.node.jobs is not None)

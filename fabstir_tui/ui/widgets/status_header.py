@@ -1,8 +1,8 @@
 """The one-line header every screen shares: node, model, GPU and host at a glance.
 
 Segments are laid out left to right and the longest ones are shortened first, so the line fits
-80 columns and later segments (chain and block, peers, jobs running, earnings) slot in without
-reshuffling the rest. Nothing is shown for parts of the node that do not exist yet.
+80 columns and later segments (chain and block, the API, peers, jobs running, earnings) slot in
+without reshuffling the rest. Nothing is shown for parts of the node that do not exist yet.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class StatusHeader(Widget):
     chain_text: reactive[str] = reactive("")
     p2p_text: reactive[str] = reactive("")
     jobs_text: reactive[str] = reactive("")
+    api_text: reactive[str] = reactive("")
 
     def segments(self) -> list[Segment]:
         """The segments in display order; later node parts add theirs here."""
@@ -93,6 +94,8 @@ class StatusHeader(Widget):
             segments.append(Segment(self.host_text))
         if self.chain_text:
             segments.append(Segment(self.chain_text))
+        if self.api_text:
+            segments.append(Segment(self.api_text))
         if self.p2p_text:
             segments.append(Segment(self.p2p_text))
         if self.jobs_text:
