@@ -91,7 +91,8 @@ class ModelManager:
             info = read_gguf(Path(path))
         except GgufError as exc:
             raise InferenceError(str(exc)) from exc
-        need = estimate_memory_bytes(info, self.config.context_length)
+        # Batched slots each keep a whole context's KV cache.
+        need = estimate_memory_bytes(info, self.config.context_length * self.config.slots)
         free = psutil.virtual_memory().available
         on_cpu = self.config.n_gpu_layers == 0 or not self.gpu_offload
         if on_cpu and need > free:
@@ -128,12 +129,6 @@ class ModelManager:
 
         progress("checking the file", 0.01)
         info = await asyncio.to_thread(self.check, path)
-        if self.config.slots > 1:
-            self._log(
-                "warning",
-                f"inference.slots = {self.config.slots}: this version runs one request at a time "
-                "per model; the others wait in its queue",
-            )
         threads = self.config.threads or default_threads()
         settings = LoadSettings(
             path=path,
@@ -145,6 +140,7 @@ class ModelManager:
             n_gpu_layers=self.config.n_gpu_layers,
             main_gpu=self.config.main_gpu,
             seed=self.config.seed,
+            slots=self.config.slots,
         )
         worker = WorkerProcess(path, self._worker_log, self._worker_exited)
         self._starting[path] = worker

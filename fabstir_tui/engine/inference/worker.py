@@ -3,16 +3,16 @@ everything without touching the node (run as `python -m fabstir_tui.engine.infer
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import os
 import queue
-import random
 import sys
 import threading
 import time
 from typing import Any, BinaryIO
 
+from fabstir_tui.engine.inference.batched import BatchedGenerator, sequences_per_context
+from fabstir_tui.engine.inference.request_text import TextEmitter, plan_request
 from fabstir_tui.engine.inference.wire import encode_frame, read_frame_sync
 
 # ggml levels: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continue. Its info lines (thousands
@@ -48,6 +48,7 @@ class ModelOwner:
         self.llm: Any = None
         self.default_seed = -1
         self.chat_formatter: Any = None
+        self.batched: BatchedGenerator | None = None
         self.thread = threading.Thread(target=self._run, name="llama-owner", daemon=True)
 
     def submit(self, message: dict[str, Any]) -> None:
@@ -63,13 +64,18 @@ class ModelOwner:
             event.set()
 
     def _run(self) -> None:
+        deferred: dict[str, Any] | None = None
         while True:
-            message = self.jobs.get()
-            if message is None:
+            message = deferred if deferred is not None else self.jobs.get()
+            deferred = None
+            if message is None or message.get("op") == "shutdown":
                 return
             op = message.get("op")
             if op == "load":
                 self._load(message)
+            elif op == "generate" and self.batched is not None:
+                # slots > 1: runs until idle; hands back a message that must wait for that.
+                deferred = self.batched.serve(message)
             elif op == "generate":
                 rid = str(message["id"])
                 try:
@@ -89,6 +95,7 @@ class ModelOwner:
     def _load(self, message: dict[str, Any]) -> None:
         started = time.perf_counter()
         self.out.send(ev="progress", stage="importing llama.cpp", fraction=0.15)
+        slots = int(message.get("slots", 1))
         try:
             import llama_cpp
             from llama_cpp import llama_chat_format
@@ -96,19 +103,21 @@ class ModelOwner:
             install_log_router(self.out)
             install_load_progress(self.out)
             self.out.send(ev="progress", stage="loading weights", fraction=0.2)
-            llm = llama_cpp.Llama(
-                model_path=message["path"],
-                n_ctx=int(message["n_ctx"]),
-                n_batch=int(message["n_batch"]),
-                n_threads=int(message["n_threads"]),
-                n_threads_batch=int(message["n_threads"]),
-                n_gpu_layers=int(message["n_gpu_layers"]),
-                main_gpu=int(message["main_gpu"]),
-                seed=int(message["seed"])
-                if int(message["seed"]) >= 0
-                else llama_cpp.LLAMA_DEFAULT_SEED,
-                verbose=False,
-            )
+            with sequences_per_context(slots):
+                llm = llama_cpp.Llama(
+                    model_path=message["path"],
+                    # Batched: each sequence keeps the whole configured context.
+                    n_ctx=int(message["n_ctx"]) * slots,
+                    n_batch=int(message["n_batch"]),
+                    n_threads=int(message["n_threads"]),
+                    n_threads_batch=int(message["n_threads"]),
+                    n_gpu_layers=int(message["n_gpu_layers"]),
+                    main_gpu=int(message["main_gpu"]),
+                    seed=int(message["seed"])
+                    if int(message["seed"]) >= 0
+                    else llama_cpp.LLAMA_DEFAULT_SEED,
+                    verbose=False,
+                )
         except Exception as exc:
             self.out.send(ev="load_failed", reason=str(exc) or type(exc).__name__)
             return
@@ -126,9 +135,13 @@ class ModelOwner:
             chat_format = "gguf"
         self.llm = llm
         self.default_seed = int(message["seed"])
+        n_ctx = llm.n_ctx()
+        if slots > 1:
+            self.batched = BatchedGenerator(self, slots)
+            n_ctx = self.batched.n_ctx_seq  # what one request can use
         self.out.send(
             ev="loaded",
-            n_ctx=llm.n_ctx(),
+            n_ctx=n_ctx,
             n_threads=int(message["n_threads"]),
             n_gpu_layers=int(message["n_gpu_layers"]),
             chat_format=chat_format,
@@ -167,26 +180,14 @@ class ModelOwner:
         llm = self.llm
         if llm is None:
             raise RuntimeError("no model is loaded in this worker")
-        tokens = self._prompt_tokens(message)
-        n_ctx = llm.n_ctx()
-        if len(tokens) >= n_ctx:
-            raise ValueError(
-                f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}; "
-                "shorten the prompt or raise inference.context_length"
-            )
-        max_tokens = min(int(message["max_tokens"]), n_ctx - len(tokens))
-        # Seed every request: a seed set by one request must not leak into the next.
-        seed = int(message.get("seed", -1))
-        if seed < 0:
-            seed = self.default_seed if self.default_seed >= 0 else random.getrandbits(31)
-        llm.set_seed(seed)
-        stops: list[str] = [str(s) for s in message.get("stop") or []]
+        plan = plan_request(self._prompt_tokens(message), message, llm.n_ctx(), self.default_seed)
+        tokens = plan.tokens
+        llm.set_seed(plan.seed)
         self.out.send(ev="started", id=rid, prompt_tokens=len(tokens))
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = TextEmitter(plan.stops)
         vocab = llm._model.vocab
         produced = 0
         finish = "length"
-        text_so_far = ""
         generator = llm.generate(
             tokens,
             temp=float(message.get("temperature", 0.7)),
@@ -202,26 +203,20 @@ class ModelOwner:
                     finish = "stop"
                     break
                 produced += 1
-                piece = decoder.decode(llm.detokenize([token]))
-                if stops and piece:
-                    text_so_far += piece
-                    hit = _first_stop(text_so_far, stops)
-                    if hit is not None:
-                        piece = piece[: max(0, len(piece) - (len(text_so_far) - hit))]
-                        if piece:
-                            self.out.send(ev="tok", id=rid, text=piece)
-                        finish = "stop"
-                        break
+                piece, stopped = text.feed(llm.detokenize([token]))
                 if piece:
                     self.out.send(ev="tok", id=rid, text=piece)
-                if produced >= max_tokens:
+                if stopped:
+                    finish = "stop"
+                    break
+                if produced >= plan.max_tokens:
                     break
                 if cancel.is_set():
                     finish = "cancelled"
                     break
         finally:
             generator.close()
-        tail = decoder.decode(b"", final=True)
+        tail = text.tail()
         if tail and finish != "stop":
             self.out.send(ev="tok", id=rid, text=tail)
         self.out.send(
@@ -303,11 +298,6 @@ def score_output(llm: Any, prompt: str, output: str) -> dict[str, Any]:
         "pieces": [llm.detokenize([t]).decode("utf-8", "replace") for t in scored],
         "best_pieces": [llm.detokenize([t]).decode("utf-8", "replace") for t in best],
     }
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    positions = [text.find(s) for s in stops if s and s in text]
-    return min(positions) if positions else None
 
 
 _log_callback_ref: Any = None

@@ -36,6 +36,7 @@ class LoadSettings:
     n_gpu_layers: int
     main_gpu: int
     seed: int
+    slots: int = 1  # > 1: one context with a sequence per slot, n_ctx cells each (batched)
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,7 +110,7 @@ def runtime_settings(node: Node, job: FinishedJob) -> dict[str, Any]:
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     offloaded = job.model.gpu_offload and job.model.n_gpu_layers != 0
-    return {
+    settings: dict[str, Any] = {
         "llama_cpp_version": version,
         "backend": "gpu" if offloaded else "cpu",
         "n_gpu_layers": job.model.n_gpu_layers,
@@ -119,6 +119,12 @@ def runtime_settings(node: Node, job: FinishedJob) -> dict[str, Any]:
         "n_ctx": job.model.n_ctx,
         **job.generation.sampler(),
     }
+    slots = node.config.inference.slots
+    if slots > 1:
+        # Batched decoding's numbers are not an unbatched re-run's: a different runtime hash
+        # sends `verify` to the top-k check. Absent at 1, so unbatched hashes never change.
+        settings["parallel"] = slots
+    return settings
 
 
 def _uint_id(value: str | None) -> int:

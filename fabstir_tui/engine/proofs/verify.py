@@ -183,7 +183,9 @@ def own_runtime(
         chat_format=loaded.chat_format,
     )
     finished = FinishedJob(None, None, "", model, request, "", 0, 0)
-    node_like = cast(Any, SimpleNamespace(config=SimpleNamespace(inference=inference)))
+    # Verify regenerates one request alone (slots 1): it never claims batched numbers.
+    alone = inference.model_copy(update={"slots": 1})
+    node_like = cast(Any, SimpleNamespace(config=SimpleNamespace(inference=alone)))
     return runtime_settings(node_like, finished)
 
 

@@ -1,0 +1,67 @@
+"""What the one-at-a-time and the batched loops share per request: its plan (prompt fits,
+token budget, seed) and its text (incremental UTF-8, stop strings), so both stream alike."""
+
+from __future__ import annotations
+
+import codecs
+import random
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPlan:
+    """A generate request checked against the context it will run in."""
+
+    tokens: list[int]
+    max_tokens: int
+    seed: int
+    stops: list[str]
+
+
+def plan_request(
+    tokens: list[int], message: dict[str, Any], n_ctx: int, default_seed: int
+) -> RequestPlan:
+    """Refuse a prompt the context cannot hold (the API maps this text to a 400) and cap the
+    output at what is left of the context."""
+    if len(tokens) >= n_ctx:
+        raise ValueError(
+            f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}; "
+            "shorten the prompt or raise inference.context_length"
+        )
+    max_tokens = min(int(message["max_tokens"]), n_ctx - len(tokens))
+    # Seed every request: a seed set by one request must not leak into the next.
+    seed = int(message.get("seed", -1))
+    if seed < 0:
+        seed = default_seed if default_seed >= 0 else random.getrandbits(31)
+    stops = [str(s) for s in message.get("stop") or []]
+    return RequestPlan(tokens=tokens, max_tokens=max_tokens, seed=seed, stops=stops)
+
+
+class TextEmitter:
+    """Turns token bytes into the text a client may see: never half a UTF-8 character, never
+    a stop string or anything after it."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = stops
+        self._text_so_far = ""
+
+    def feed(self, data: bytes) -> tuple[str, bool]:
+        """(the piece to send, whether a stop string ended the text)."""
+        piece = self._decoder.decode(data)
+        if self._stops and piece:
+            self._text_so_far += piece
+            hit = first_stop(self._text_so_far, self._stops)
+            if hit is not None:
+                return piece[: max(0, len(piece) - (len(self._text_so_far) - hit))], True
+        return piece, False
+
+    def tail(self) -> str:
+        """Bytes held back waiting for the rest of a character, flushed as replacement text."""
+        return self._decoder.decode(b"", final=True)
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    positions = [text.find(s) for s in stops if s and s in text]
+    return min(positions) if positions else None
