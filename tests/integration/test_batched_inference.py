@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fabstir_tui.config import Config, InferenceSection, PathsSection, TelemetrySection
+from fabstir_tui.engine.inference.request_text import EMPTY_PROMPT
 from fabstir_tui.engine.inference.stream import GenerationRequest
 from fabstir_tui.engine.inference.wire import encode_frame, read_frame_sync
 from fabstir_tui.engine.node import Node
@@ -232,6 +233,21 @@ def test_prompt_too_long_fails_alone(workers: Callable[[], WorkerClient], tiny_g
     client.send(*(greedy(f"next-{i}", "hello", 6) for i in range(4)))
     ends = client.until_finished({f"next-{i}" for i in range(4)})
     assert all(end["ev"] == "done" for end in ends.values())
+
+
+@pytest.mark.parametrize("slots", [1, 4])
+def test_an_empty_prompt_is_refused_and_the_worker_serves_on(
+    workers: Callable[[], WorkerClient], smollm_gguf: Path, slots: int
+) -> None:
+    # SmolLM2 adds no BOS, so "" has no tokens: batched, it once left a sequence with
+    # nothing to decode and the owner thread spinning forever.
+    client = workers()
+    client.load(smollm_gguf, n_ctx=256, slots=slots)
+    client.send(greedy("empty", "", 4), greedy("after", "Once upon a time", 4))
+    ends = client.until_finished({"empty", "after"})
+    assert ends["empty"]["ev"] == "failed"
+    assert EMPTY_PROMPT in ends["empty"]["reason"]
+    assert ends["after"]["ev"] == "done" and ends["after"]["completion_tokens"] == 4
 
 
 async def test_node_with_four_slots_serves_four_streams(tmp_path: Path, tiny_gguf: Path) -> None:

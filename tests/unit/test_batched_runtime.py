@@ -75,3 +75,16 @@ def test_verify_regenerates_alone_so_its_runtime_never_claims_parallel() -> None
     loaded = WorkerLoaded(2048, 4, 0, None, 0.1, False, "", "")
     mine = own_runtime(JOB.generation, loaded, "/m/x.gguf", InferenceSection(slots=8))
     assert mine == _runtime(1)
+
+
+def test_an_empty_prompt_is_the_clients_error() -> None:
+    from fabstir_tui.engine.api.runs import batch_error
+    from fabstir_tui.engine.serving.links import Batch
+
+    try:
+        plan_request([], {"max_tokens": 4}, 64, -1)
+    except ValueError as exc:
+        error = batch_error(Batch(error={"code": "generation_failed", "message": str(exc)}))
+    else:
+        raise AssertionError("an empty prompt must be refused")
+    assert (error.status, error.code) == (400, "empty_prompt")

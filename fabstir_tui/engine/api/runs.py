@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from fabstir_tui.engine.api.auth import Credentials, admit_paid, paid_shape
 from fabstir_tui.engine.api.errors import ApiError, refusal
 from fabstir_tui.engine.inference.registry import model_key
+from fabstir_tui.engine.inference.request_text import EMPTY_PROMPT
 from fabstir_tui.engine.inference.stream import GenerationRequest
 from fabstir_tui.engine.jobs.runs import Replay, RunTicket
 from fabstir_tui.engine.p2p.messages import JobRequest
@@ -166,6 +167,8 @@ def batch_error(batch: Batch) -> ApiError:
     message = str(error.get("message", "the generation failed"))
     if CONTEXT_REFUSAL in message:
         return ApiError(400, "context_length_exceeded", message)
+    if EMPTY_PROMPT in message:
+        return ApiError(400, "empty_prompt", message)
     if error.get("code") == "deadline_passed":
         return refusal("deadline_passed", message)
     return ApiError(500, str(error.get("code", "internal")), message)

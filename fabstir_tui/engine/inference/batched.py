@@ -169,6 +169,9 @@ class BatchedGenerator:
             seq.logits_at = -1
             if seq.cancel.is_set():
                 self._finish(seq, "cancelled")
+        for seq in list(self.active):
+            if not seq.prefilling and seq.next_token is None:  # nothing to decode: never spin
+                self._fail(seq, RuntimeError("the sequence has no token to decode"))
         for seq in self.active:
             if not seq.prefilling and seq.next_token is not None and n < self.n_batch:
                 add(seq, seq.next_token, len(seq.plan.tokens) + seq.produced - 1, True)

@@ -8,6 +8,8 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+EMPTY_PROMPT = "the prompt has no tokens"  # the API maps these words to a 400
+
 
 @dataclass(frozen=True, slots=True)
 class RequestPlan:
@@ -24,6 +26,8 @@ def plan_request(
 ) -> RequestPlan:
     """Refuse a prompt the context cannot hold (the API maps this text to a 400) and cap the
     output at what is left of the context."""
+    if not tokens:  # a model without BOS tokenizes "" to nothing: no logits to sample from
+        raise ValueError(f"{EMPTY_PROMPT} to continue from; send some text")
     if len(tokens) >= n_ctx:
         raise ValueError(
             f"the prompt has {len(tokens)} tokens but the context holds {n_ctx}; "
