@@ -27,7 +27,10 @@ bench: bootstrap
 	$(BIN)/python bench/chain.py --events 50
 	$(BIN)/python bench/p2p.py --burst 150
 	$(BIN)/python bench/jobs.py
+	PYTHON=$(BIN)/python scripts/build-llama-server.sh >/dev/null
 	$(BIN)/python bench/api_stream.py
+	$(BIN)/python bench/api_connections.py
+	$(BIN)/python bench/tui_cost.py
 
 contracts: bootstrap
 	node scripts/compile-contracts.mjs
