@@ -162,6 +162,21 @@ async def test_an_operator_session_streams_refuses_bad_messages_and_cancels(
                 await asyncio.sleep(0.05)
 
 
+async def test_the_first_token_is_sent_alone_and_the_rest_in_batches(tmp_path: Path) -> None:
+    # A long batch interval: before, the first batch waited it out (or the stream's end), so
+    # every time to first token carried the interval; now only later tokens are gathered.
+    async with api_node(tmp_path) as node, aiohttp.ClientSession() as http:
+        assert node.api is not None
+        node.api.routes.engine.runner.batch_interval_s = 30.0
+        async with http.ws_connect(url(node, "/v1/ws"), headers=bearer()) as ws:
+            await ws.send_json({"type": "init", "model": model_id(node)})
+            assert (await receive(ws))["type"] == "ready"
+            ask = {"prompt": PROMPT, "max_tokens": 12, "temperature": 0.0, "seed": 7}
+            await ws.send_json({"type": "prompt", "id": "r1", **ask})
+            chunks = chunks_of(await until_done(ws, "r1"), "r1")
+        assert [c["tokens"] for c in chunks] == [1, 11]
+
+
 async def test_refusals_close_the_socket_and_a_stopping_node_closes_the_rest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

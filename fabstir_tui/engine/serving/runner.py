@@ -198,7 +198,8 @@ class RequestRunner:
 
     async def next_batch(self, job: RunningJob) -> Batch:
         """Wait for the next piece, then gather more until the batch interval since that first
-        piece has passed or the stream ended.
+        piece has passed or the stream ended. The first token goes out alone, at once: waiting
+        a batch interval for it added 50 ms to every time to first token.
 
         A piece is one token's text, except that a token ending mid-character shows no text
         until the next one completes it: the engine's final count tops up the last batch, so
@@ -207,7 +208,8 @@ class RequestRunner:
         batch = Batch()
         try:
             batch.pieces.append(await anext(job.stream))
-            deadline = time.monotonic() + self.batch_interval_s
+            first = job.counted == 0
+            deadline = time.monotonic() + (0.0 if first else self.batch_interval_s)
             while len(batch.pieces) < MAX_PIECES:
                 left = deadline - time.monotonic()
                 if left <= 0:
