@@ -318,3 +318,41 @@ async def test_plaintext_only_dialer_is_refused(tmp_path: Path) -> None:
         await node.stop()
     finally:
         await bridge.stop()
+
+
+async def _probe_after_disconnect(host: Any, peer: str) -> tuple[float, str, int]:
+    from libp2p.peer.id import ID
+
+    from fabstir_tui.engine.p2p.peer_probe import ProbeError, ping_peer, query_peer_info
+
+    pid = ID.from_base58(peer)
+    rtt = await ping_peer(host, pid, 5.0)
+    await host.disconnect(pid)
+    errors = []
+    for probe in (
+        ping_peer(host, pid, 5.0),
+        query_peer_info(host, pid, 5.0, connected_only=True),
+    ):
+        with pytest.raises(ProbeError) as caught:
+            await probe
+        errors.append(str(caught.value))
+    return rtt, " / ".join(errors), len(host.get_network().get_connections(pid))
+
+
+async def test_probes_of_a_disconnected_peer_never_dial_it(tmp_path: Path) -> None:
+    # The Peers screen pings every second: a ping racing the operator's `d` once dialled the
+    # peer again (new_stream dials), and the row came back connected.
+    bridge = TrioBridge()
+    await bridge.start()
+    a = await HostHandle.start(bridge, HostConfig(tmp_path / "a.key", LOCAL))
+    b = await HostHandle.start(bridge, HostConfig(tmp_path / "b.key", LOCAL))
+    try:
+        await a.connect(b.addrs()[0])
+        rtt, errors, left = await bridge.run(_probe_after_disconnect, a.host, b.peer_id)
+        assert rtt > 0
+        assert errors.count("not connected any more") == 2
+        assert left == 0
+    finally:
+        await a.stop()
+        await b.stop()
+        await bridge.stop()

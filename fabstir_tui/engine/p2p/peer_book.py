@@ -305,7 +305,9 @@ class PeerBook:
             if not await self._may_speak_info(pid):
                 raise ProtocolUnsupported(f"identify lists no {INFO_PROTOCOL} (a client?)")
             async with self._probe_slots:
-                info = await query_peer_info(self._host, pid, self.probe_timeout_s)
+                info = await query_peer_info(
+                    self._host, pid, self.probe_timeout_s, connected_only=True
+                )
         except ProtocolUnsupported as exc:
             state, error = "unsupported", str(exc)
             peer.view = replace(peer.view, info_state=state, info_error=error, info_queries=queries)

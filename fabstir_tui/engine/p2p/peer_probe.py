@@ -60,10 +60,16 @@ def _unsupported(exc: BaseException) -> bool:
     return False
 
 
-async def open_stream(host: Any, peer_id: Any, protocol: str) -> Any:
-    """A new stream on the existing connection; ProtocolUnsupported when the peer says no."""
+async def open_stream(
+    host: Any, peer_id: Any, protocol: str, *, connected_only: bool = False
+) -> Any:
+    """A new stream; ProtocolUnsupported when the peer says no. `connected_only`: never dial
+    (the library's new_stream dials a peer it is not connected to, so a probe that raced the
+    operator's disconnect would connect again)."""
     from libp2p.custom_types import TProtocol
 
+    if connected_only and not host.get_network().get_connections(peer_id):
+        raise ProbeError("not connected any more (a probe of a known peer never dials)")
     try:
         return await host.new_stream(peer_id, [TProtocol(protocol)])
     except trio.TooSlowError:
@@ -74,11 +80,13 @@ async def open_stream(host: Any, peer_id: Any, protocol: str) -> Any:
         raise ProbeError(f"could not open {protocol}: {describe(exc)}") from None
 
 
-async def query_peer_info(host: Any, peer_id: Any, timeout_s: float) -> InfoResponse:
-    """Ask a connected peer `/fabstir/info/1.0.0` once, within `timeout_s`."""
+async def query_peer_info(
+    host: Any, peer_id: Any, timeout_s: float, *, connected_only: bool = False
+) -> InfoResponse:
+    """Ask a peer `/fabstir/info/1.0.0` once, within `timeout_s`."""
     try:
         with trio.fail_after(timeout_s):
-            stream = await open_stream(host, peer_id, INFO_PROTOCOL)
+            stream = await open_stream(host, peer_id, INFO_PROTOCOL, connected_only=connected_only)
             try:
                 await write_frame(stream, InfoRequest().to_frame())
                 frame = await frame_reader(stream).read_frame()
@@ -105,14 +113,15 @@ async def query_peer_info(host: Any, peer_id: Any, timeout_s: float) -> InfoResp
 
 
 async def ping_peer(host: Any, peer_id: Any, timeout_s: float) -> float:
-    """One `/ipfs/ping/1.0.0` round trip in milliseconds (sub-millisecond resolution; the
-    library's own ping rounds to whole ms, which reads 0 on loopback)."""
+    """One `/ipfs/ping/1.0.0` round trip in milliseconds over the connection there is (never a
+    dial; sub-millisecond resolution: the library's own ping rounds to whole ms, which reads 0
+    on loopback)."""
     from libp2p.io.utils import read_exactly
 
     payload = secrets.token_bytes(PING_BYTES)
     try:
         with trio.fail_after(timeout_s):
-            stream = await open_stream(host, peer_id, PING_PROTOCOL)
+            stream = await open_stream(host, peer_id, PING_PROTOCOL, connected_only=True)
             try:
                 start = time.perf_counter()
                 await stream.write(payload)
