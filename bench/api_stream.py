@@ -101,7 +101,7 @@ def direct_stream(llm: Any, prompt: str, max_tokens: int) -> StreamResult:
     )
 
 
-def load_direct(model: Path, *, threads: int, ctx: int, batch: int) -> Any:
+def load_direct(model: Path, *, threads: int, ctx: int, batch: int, flash_attn: bool) -> Any:
     """The model as our worker loads it (engine/inference/worker.py), all on the CPU."""
     import llama_cpp
 
@@ -112,6 +112,7 @@ def load_direct(model: Path, *, threads: int, ctx: int, batch: int) -> Any:
         n_threads=threads,
         n_threads_batch=threads,
         n_gpu_layers=0,
+        flash_attn=flash_attn,
         seed=SEED,
         verbose=False,
     )
@@ -278,6 +279,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     if task is not None:  # SIGTERM stops every subprocess like Ctrl-C does
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     load_before = os.getloadavg()
+    fa = args.flash_attention == "on"
     skipped: dict[str, str] = {}
     binary = None if args.no_llama_server else llama_server_path()
     if args.no_llama_server:
@@ -290,12 +292,19 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     ):
         api = {"requests_per_minute": 100_000}
         node = await stack.enter_async_context(
-            running_node(args.model, threads=args.threads, slots=1, ctx=args.ctx, api=api)
+            running_node(
+                args.model, threads=args.threads, slots=1, ctx=args.ctx, api=api, flash_attention=fa
+            )
         )
         print(f"ours (slots 1): pid {node.pid} at {node.url}", flush=True)
         batched = await stack.enter_async_context(
             running_node(
-                args.model, threads=args.threads, slots=args.streams, ctx=args.ctx, api=api
+                args.model,
+                threads=args.threads,
+                slots=args.streams,
+                ctx=args.ctx,
+                api=api,
+                flash_attention=fa,
             )
         )
         print(f"ours (slots {args.streams}): pid {batched.pid} at {batched.url}", flush=True)
@@ -304,7 +313,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             skipped,
             "llama_cpp.server",
             lambda: llama_cpp_server(
-                args.model, threads=args.threads, ctx=args.ctx, batch=args.batch
+                args.model, threads=args.threads, ctx=args.ctx, batch=args.batch, flash_attn=fa
             ),
         )
         parallel = None
@@ -319,10 +328,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     parallel=args.streams,
                     ctx_per_stream=args.ctx,
                     batch=args.batch,
+                    flash_attn=fa,
                 ),
             )
         llm = await asyncio.to_thread(
-            load_direct, args.model, threads=args.threads, ctx=args.ctx, batch=args.batch
+            load_direct,
+            args.model,
+            threads=args.threads,
+            ctx=args.ctx,
+            batch=args.batch,
+            flash_attn=fa,
         )
         model_id = await first_model_id(session, node.url, node.api_key)
         ours = http_runner(session, node.url, args.max_tokens, api_key=node.api_key, model=model_id)
@@ -355,6 +370,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "threads": args.threads,
         "ctx_per_stream": args.ctx,
         "n_batch": args.batch,
+        "flash_attention": args.flash_attention,
         "max_tokens": args.max_tokens,
         "reps": args.reps,
         "streams": args.streams,
@@ -384,7 +400,8 @@ def table(result: dict[str, Any]) -> str:
     """The markdown table for the README: ratio = ours ÷ that row, on tokens/s."""
     lines = [
         f"| case ({Path(result['model']).name}, {result['threads']} threads, "
-        f"max_tokens {result['max_tokens']}) | tokens/s | ttft ms | ratio vs ours (ours ÷ this) |",
+        f"max_tokens {result['max_tokens']}, flash attention {result['flash_attention']}) "
+        "| tokens/s | ttft ms | ratio vs ours (ours ÷ this) |",
         "|---|---|---|---|",
     ]
     for key, label in (("single", "1 stream"), ("concurrent", f"{result['streams']} streams")):
@@ -413,6 +430,12 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="concurrent rounds")
     parser.add_argument("--no-llama-server", action="store_true")
+    parser.add_argument(
+        "--flash-attention",
+        choices=("on", "off"),
+        default="on",
+        help="for every side (our default: on)",
+    )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "api_stream.json")
     args = parser.parse_args()

@@ -150,7 +150,7 @@ async def _server(
 
 
 def llama_cpp_server(
-    model: Path, *, threads: int, ctx: int, batch: int
+    model: Path, *, threads: int, ctx: int, batch: int, flash_attn: bool
 ) -> contextlib.AbstractAsyncContextManager[BaselineProc]:
     """`python -m llama_cpp.server` with our worker's load settings; ready on GET /v1/models."""
     try:
@@ -183,6 +183,8 @@ def llama_cpp_server(
         str(batch),
         "--n_gpu_layers",
         "0",
+        "--flash_attn",
+        "true" if flash_attn else "false",
         "--verbose",
         "false",
         # By default a new request interrupts the stream in progress; queue them instead.
@@ -193,7 +195,13 @@ def llama_cpp_server(
 
 
 def llama_server(
-    model: Path, *, threads: int, parallel: int, ctx_per_stream: int, batch: int
+    model: Path,
+    *,
+    threads: int,
+    parallel: int,
+    ctx_per_stream: int,
+    batch: int,
+    flash_attn: bool,
 ) -> contextlib.AbstractAsyncContextManager[BaselineProc]:
     """llama.cpp's llama-server with `parallel` slots of `ctx_per_stream` each; ready on
     GET /health (503 while it loads)."""
@@ -219,6 +227,8 @@ def llama_server(
         str(batch),
         "-ngl",
         "0",
+        "-fa",
+        "on" if flash_attn else "off",
         "--host",
         "127.0.0.1",
         "--port",

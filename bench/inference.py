@@ -94,6 +94,7 @@ async def main() -> int:
         n_threads=args.threads,
         n_threads_batch=args.threads,
         n_gpu_layers=args.n_gpu_layers,
+        flash_attn=True,  # the engine's default (inference.flash_attention)
         verbose=False,
     )
     bus = EventBus()

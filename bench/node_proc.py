@@ -115,7 +115,15 @@ def _toml_value(value: Any) -> str:
 
 
 def node_toml(
-    root: Path, model: Path, *, port: int, threads: int, slots: int, ctx: int, api: dict[str, Any]
+    root: Path,
+    model: Path,
+    *,
+    port: int,
+    threads: int,
+    slots: int,
+    ctx: int,
+    api: dict[str, Any],
+    flash_attention: bool = True,
 ) -> str:
     """The node's config: API on loopback, the model loaded at start, no chain, no GPU."""
     sections: dict[str, dict[str, Any]] = {
@@ -128,6 +136,7 @@ def node_toml(
             "threads": threads,
             "slots": slots,
             "context_length": ctx,
+            "flash_attention": flash_attention,
             "load_at_start": [root / "models" / model.name],
         },
         "telemetry": {"gpu_backend": "none"},
@@ -254,6 +263,7 @@ async def running_node(
     tui: bool = False,
     api: dict[str, Any] | None = None,
     ctx: int = 2048,
+    flash_attention: bool = True,
 ) -> AsyncIterator[NodeProc]:
     """Our node in a subprocess with `model` loaded and the API on a free loopback port;
     under the Textual app in a pty when `tui`. Stopped (its whole process group) on exit."""
@@ -264,7 +274,14 @@ async def running_node(
     config = root / "node.toml"
     config.write_text(
         node_toml(
-            root, model, port=port, threads=threads, slots=slots, ctx=ctx, api=dict(api or {})
+            root,
+            model,
+            port=port,
+            threads=threads,
+            slots=slots,
+            ctx=ctx,
+            api=dict(api or {}),
+            flash_attention=flash_attention,
         )
     )
     key = "bench-" + secrets.token_urlsafe(24)

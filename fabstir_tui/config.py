@@ -78,6 +78,9 @@ class InferenceSection(_Section):
     context_length: int = Field(default=4096, ge=64, le=1_048_576)
     batch_size: int = Field(default=512, ge=1, le=65536)
     slots: int = Field(default=1, ge=1, le=64)
+    flash_attention: bool = Field(
+        default=True, description="llama.cpp's fused attention: faster; numbers differ from off"
+    )
     main_gpu: int = Field(default=0, ge=0)
     seed: int = Field(default=-1, ge=-1)
     load_timeout_s: float = Field(default=300.0, gt=0)

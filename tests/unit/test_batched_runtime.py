@@ -23,6 +23,7 @@ UNBATCHED_KEYS = {
     "threads",
     "batch_size",
     "n_ctx",
+    "flash_attn",
     "temperature",
     "top_k",
     "top_p",

@@ -57,6 +57,7 @@ class Sequence:
     produced: int = 0
     next_token: int | None = None  # sampled, to be decoded at the next step
     logits_at: int = field(default=-1)  # batch index of this step's logits, -1 if none
+    sent: bool = False  # some text went out (the first goes at once, later ones are held)
 
     @property
     def prefilling(self) -> bool:
@@ -213,7 +214,8 @@ class BatchedGenerator:
             self._fail(seq, exc)
             return
         if piece:
-            self.owner.out.send(ev="tok", id=seq.rid, text=piece)
+            self.owner.out.token(seq.rid, piece, at_once=not seq.sent)
+            seq.sent = True
         if stopped:
             self._finish(seq, "stop")
         elif seq.produced >= seq.plan.max_tokens:

@@ -141,6 +141,7 @@ class ModelManager:
             main_gpu=self.config.main_gpu,
             seed=self.config.seed,
             slots=self.config.slots,
+            flash_attn=self.config.flash_attention,
         )
         worker = WorkerProcess(path, self._worker_log, self._worker_exited)
         self._starting[path] = worker

@@ -20,21 +20,56 @@ from fabstir_tui.engine.inference.wire import encode_frame, read_frame_sync
 _LOG_LEVELS = {0: "debug", 1: "debug", 2: "debug", 3: "warning", 4: "error"}
 
 
+# Token frames after a stream's first are held this long and written together: the engine then
+# wakes ~40 times a second instead of once per token, and every wake on a machine whose cores
+# all decode stalls llama.cpp's threads at their next barrier. The engine gathers 50 ms anyway.
+HOLD_TOKENS_S = 0.025
+
+
 class FrameWriter:
     """Serialises frames from the reader, the owner thread and llama.cpp's log callback."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._held: list[bytes] = []
+        self._have_held = threading.Condition(self._lock)
+        threading.Thread(target=self._flush_held, name="frame-flusher", daemon=True).start()
 
     def send(self, **message: Any) -> None:
+        """Write a frame now, after any held token frames (the order is the protocol)."""
         data = encode_frame(message)
         with self._lock:
-            try:
-                self._stream.write(data)  # buffered: loops over short writes for us
-                self._stream.flush()
-            except (BrokenPipeError, OSError):
-                os._exit(0)  # the engine is gone: nothing left to serve
+            self._write_locked(data)
+
+    def token(self, rid: str, text: str, *, at_once: bool) -> None:
+        """A token's text: at once for a stream's first (time to first token), else held."""
+        if at_once:
+            self.send(ev="tok", id=rid, text=text)
+            return
+        data = encode_frame({"ev": "tok", "id": rid, "text": text})
+        with self._lock:
+            self._held.append(data)
+            if len(self._held) == 1:
+                self._have_held.notify()
+
+    def _flush_held(self) -> None:
+        while True:
+            with self._lock:
+                while not self._held:
+                    self._have_held.wait()
+            time.sleep(HOLD_TOKENS_S)
+            with self._lock:
+                if self._held:
+                    self._write_locked(b"")
+
+    def _write_locked(self, data: bytes) -> None:
+        held, self._held = self._held, []
+        try:
+            self._stream.write(b"".join(held) + data)  # buffered: loops over short writes
+            self._stream.flush()
+        except (BrokenPipeError, OSError):
+            os._exit(0)  # the engine is gone: nothing left to serve
 
 
 class ModelOwner:
@@ -113,6 +148,7 @@ class ModelOwner:
                     n_threads_batch=int(message["n_threads"]),
                     n_gpu_layers=int(message["n_gpu_layers"]),
                     main_gpu=int(message["main_gpu"]),
+                    flash_attn=bool(message.get("flash_attn", False)),
                     seed=int(message["seed"])
                     if int(message["seed"]) >= 0
                     else llama_cpp.LLAMA_DEFAULT_SEED,
@@ -187,6 +223,7 @@ class ModelOwner:
         text = TextEmitter(plan.stops)
         vocab = llm._model.vocab
         produced = 0
+        sent = False  # the first text goes out at once
         finish = "length"
         generator = llm.generate(
             tokens,
@@ -205,7 +242,8 @@ class ModelOwner:
                 produced += 1
                 piece, stopped = text.feed(llm.detokenize([token]))
                 if piece:
-                    self.out.send(ev="tok", id=rid, text=piece)
+                    self.out.token(rid, piece, at_once=not sent)
+                    sent = True
                 if stopped:
                     finish = "stop"
                     break

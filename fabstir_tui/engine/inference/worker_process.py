@@ -37,6 +37,7 @@ class LoadSettings:
     main_gpu: int
     seed: int
     slots: int = 1  # > 1: one context with a sequence per slot, n_ctx cells each (batched)
+    flash_attn: bool = False  # inference.flash_attention (the config's default is on)
 
 
 @dataclass(frozen=True, slots=True)

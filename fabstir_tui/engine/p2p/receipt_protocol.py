@@ -117,6 +117,7 @@ def runtime_settings(node: Node, job: FinishedJob) -> dict[str, Any]:
         "threads": job.model.n_threads,
         "batch_size": node.config.inference.batch_size,
         "n_ctx": job.model.n_ctx,
+        "flash_attn": node.config.inference.flash_attention,
         **job.generation.sampler(),
     }
     slots = node.config.inference.slots

@@ -149,6 +149,7 @@ def load_settings_for(model_path: str, inference: InferenceSection) -> LoadSetti
         n_gpu_layers=inference.n_gpu_layers,
         main_gpu=inference.main_gpu,
         seed=inference.seed,
+        flash_attn=inference.flash_attention,
     )
 
 
