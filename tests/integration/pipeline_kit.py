@@ -17,6 +17,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from fabstir_tui.config import (
+    ApiSection,
     ChainSection,
     Config,
     InferenceSection,
@@ -234,3 +235,43 @@ def p2p_addr(node: Node) -> str:
     status = node.p2p_status()
     assert status is not None
     return next(a for a in status.listen_addrs if a.startswith("/ip4/127.0.0.1/"))
+
+
+def open_session(rig: Rig, deposit: int, interval: int, timeout: int) -> int:
+    """The rig's client opens a session with our host for the rig's model; its id."""
+    call = rig.market.functions.createSession(
+        rig.host, bytes.fromhex(rig.model_sha), ETH, deposit, PRICE * 2, interval, timeout
+    )
+    rig.send(call, rig.client, value=deposit)
+    return int(rig.market.functions.sessionCount().call())
+
+
+def session(rig: Rig, sid: int) -> dict[str, object]:
+    """The session as the marketplace stores it, by field name."""
+    fn = rig.market.functions.getSession(sid)
+    names = [o["name"] for o in fn.abi["outputs"][0]["components"]]
+    return dict(zip(names, fn.call(), strict=True))
+
+
+async def api_paid_node(rig: Rig, **jobs: Any) -> Node:
+    """The rig's node with the API on a free port and P2P off (HTTP is the only door), its
+    model loaded and its wallet unlocked."""
+    config = rig.config(**jobs).model_copy(
+        update={
+            "api": ApiSection(enabled=True, listen="127.0.0.1:0"),
+            "p2p": P2pSection(enabled=False),
+        }
+    )
+    node = Node(config)
+    await node.start()
+    try:
+        async with asyncio.timeout(60):
+            while any(m.sha256 is None for m in node.list_models()):
+                await asyncio.sleep(0.05)
+        [model] = node.list_models()
+        await node.load_model(model.path)
+        await node.unlock_wallet(PASSPHRASE)
+    except BaseException:
+        await node.stop()
+        raise
+    return node

@@ -4,7 +4,6 @@ run's end is submitted on-chain; other jobs, other signers and paid chat are ref
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -13,12 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 from eth_utils.crypto import keccak
-from pipeline_kit import PASSPHRASE, Rig, make_rig, until
+from pipeline_kit import Rig, api_paid_node, make_rig, until
 
-from fabstir_tui.config import ApiSection, P2pSection
 from fabstir_tui.engine.chain import Anvil
 from fabstir_tui.engine.chain.anvil import anvil_account
-from fabstir_tui.engine.node import Node
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, authorization_header, sign_request
 
 PROMPT = "Once upon a time"
@@ -38,29 +35,6 @@ def signed_headers(rig: Rig, job_id: int, prompt: str, key: bytes | None = None)
         job_id=job_id,
     )
     return {"Authorization": authorization_header(signed)}
-
-
-async def api_paid_node(rig: Rig) -> Node:
-    """The rig's node with the API on a free port and P2P off: HTTP is the only door."""
-    config = rig.config().model_copy(
-        update={
-            "api": ApiSection(enabled=True, listen="127.0.0.1:0"),
-            "p2p": P2pSection(enabled=False),
-        }
-    )
-    node = Node(config)
-    await node.start()
-    try:
-        async with asyncio.timeout(60):
-            while any(m.sha256 is None for m in node.list_models()):
-                await asyncio.sleep(0.05)
-        [model] = node.list_models()
-        await node.load_model(model.path)
-        await node.unlock_wallet(PASSPHRASE)
-    except BaseException:
-        await node.stop()
-        raise
-    return node
 
 
 @pytest.mark.slow

@@ -14,9 +14,17 @@ from typing import Any
 import aiohttp
 import pytest
 from api_kit import KEY, PROMPT, api_node, bearer, model_id, url
-from pipeline_kit import ETH, FEE_BPS, PASSPHRASE, PRICE, Rig, make_rig, until
+from pipeline_kit import (
+    FEE_BPS,
+    PRICE,
+    Rig,
+    api_paid_node,
+    make_rig,
+    open_session,
+    session,
+    until,
+)
 
-from fabstir_tui.config import ApiSection, P2pSection
 from fabstir_tui.engine.api import ws as ws_module
 from fabstir_tui.engine.chain import Anvil
 from fabstir_tui.engine.chain.anvil import anvil_account
@@ -24,7 +32,6 @@ from fabstir_tui.engine.events import GenerationFinished
 from fabstir_tui.engine.inference.stream import GenerationRequest
 from fabstir_tui.engine.jobs.records import JobKey
 from fabstir_tui.engine.jobs.states import JobKind, JobState
-from fabstir_tui.engine.node import Node
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, sign_request
 from fabstir_tui.engine.proofs import ZERO_HASH, parse_receipt, receipt_hash
 
@@ -265,20 +272,6 @@ def local(address: str) -> aiohttp.TCPConnector:
 # --- a paid session on anvil -----------------------------------------------------------------
 
 
-def open_session(rig: Rig, deposit: int, interval: int, timeout: int) -> int:
-    call = rig.market.functions.createSession(
-        rig.host, bytes.fromhex(rig.model_sha), ETH, deposit, PRICE * 2, interval, timeout
-    )
-    rig.send(call, rig.client, value=deposit)
-    return int(rig.market.functions.sessionCount().call())
-
-
-def session(rig: Rig, sid: int) -> dict[str, object]:
-    fn = rig.market.functions.getSession(sid)
-    names = [o["name"] for o in fn.abi["outputs"][0]["components"]]
-    return dict(zip(names, fn.call(), strict=True))
-
-
 def domain_of(rig: Rig) -> AuthDomain:
     d = rig.deployment
     return AuthDomain(chain_id=d.chain_id, verifying_contract=d.job_marketplace)
@@ -298,36 +291,13 @@ def signed(rig: Rig, sid: int, prompt: str, key: bytes | None = None) -> dict[st
     return request.to_wire()
 
 
-async def ws_paid_node(rig: Rig) -> Node:
-    """The rig's node taking sessions on its own (auto policy), the API on a free port."""
-    config = rig.config(mode="auto").model_copy(
-        update={
-            "api": ApiSection(enabled=True, listen="127.0.0.1:0"),
-            "p2p": P2pSection(enabled=False),
-        }
-    )
-    node = Node(config)
-    await node.start()
-    try:
-        async with asyncio.timeout(60):
-            while any(m.sha256 is None for m in node.list_models()):
-                await asyncio.sleep(0.05)
-        [model] = node.list_models()
-        await node.load_model(model.path)
-        await node.unlock_wallet(PASSPHRASE)
-    except BaseException:
-        await node.stop()
-        raise
-    return node
-
-
 @pytest.mark.slow
 async def test_a_paid_session_over_ws_chains_its_receipts_and_is_paid(
     tmp_path: Path, tiny_gguf: Path
 ) -> None:
     with Anvil(chain_id=31337, accounts=4) as anvil:
         rig = make_rig(anvil, tiny_gguf, tmp_path)
-        node = await ws_paid_node(rig)
+        node = await api_paid_node(rig, mode="auto")
         try:
             deposit = 10**15
             sid = open_session(rig, deposit, interval=40, timeout=3600)

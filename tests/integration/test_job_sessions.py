@@ -9,7 +9,17 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_kit import ETH, FEE_BPS, PRICE, Rig, make_rig, p2p_addr, start_node, until
+from pipeline_kit import (
+    FEE_BPS,
+    PRICE,
+    Rig,
+    make_rig,
+    open_session,
+    p2p_addr,
+    session,
+    start_node,
+    until,
+)
 
 from fabstir_tui.client.p2p import P2PRefused
 from fabstir_tui.client.p2p_job import P2PClient
@@ -24,20 +34,6 @@ from fabstir_tui.engine.proofs.merkle import merkle_root
 
 PROMPTS = ("Once upon a time", "The rain in Spain", "A long way from home")
 ACTIVE, COMPLETED, TIMED_OUT = 1, 2, 3  # JobMarketplace.SessionStatus
-
-
-def open_session(rig: Rig, deposit: int, interval: int, timeout: int) -> int:
-    call = rig.market.functions.createSession(
-        rig.host, bytes.fromhex(rig.model_sha), ETH, deposit, PRICE * 2, interval, timeout
-    )
-    rig.send(call, rig.client, value=deposit)
-    return int(rig.market.functions.sessionCount().call())
-
-
-def session(rig: Rig, sid: int) -> dict[str, object]:
-    fn = rig.market.functions.getSession(sid)
-    names = [o["name"] for o in fn.abi["outputs"][0]["components"]]
-    return dict(zip(names, fn.call(), strict=True))
 
 
 def session_key(rig: Rig, sid: int) -> JobKey:
