@@ -204,9 +204,17 @@ def make_rig(anvil: Anvil, tiny_gguf: Path, root: Path) -> Rig:
     return rig
 
 
-async def start_node(rig: Rig, **jobs: Any) -> Node:
-    """Our node: started, model hashed and loaded, key unlocked."""
-    node = Node(rig.config(**jobs))
+async def start_node(rig: Rig, *, http_only: bool = False, **jobs: Any) -> Node:
+    """Our node: started, model hashed and loaded, key unlocked; `http_only`: the API on a
+    free port and P2P off, so HTTP is the only door."""
+    config = rig.config(**jobs)
+    if http_only:
+        update = {
+            "api": ApiSection(enabled=True, listen="127.0.0.1:0"),
+            "p2p": P2pSection(enabled=False),
+        }
+        config = config.model_copy(update=update)
+    node = Node(config)
     await node.start()
     try:
         async with asyncio.timeout(60):
@@ -254,24 +262,5 @@ def session(rig: Rig, sid: int) -> dict[str, object]:
 
 
 async def api_paid_node(rig: Rig, **jobs: Any) -> Node:
-    """The rig's node with the API on a free port and P2P off (HTTP is the only door), its
-    model loaded and its wallet unlocked."""
-    config = rig.config(**jobs).model_copy(
-        update={
-            "api": ApiSection(enabled=True, listen="127.0.0.1:0"),
-            "p2p": P2pSection(enabled=False),
-        }
-    )
-    node = Node(config)
-    await node.start()
-    try:
-        async with asyncio.timeout(60):
-            while any(m.sha256 is None for m in node.list_models()):
-                await asyncio.sleep(0.05)
-        [model] = node.list_models()
-        await node.load_model(model.path)
-        await node.unlock_wallet(PASSPHRASE)
-    except BaseException:
-        await node.stop()
-        raise
-    return node
+    """The rig's node serving paid requests over HTTP only."""
+    return await start_node(rig, http_only=True, **jobs)
