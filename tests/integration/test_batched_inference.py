@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -212,6 +213,25 @@ def test_cancel_one_sequence_and_a_late_joiner_is_served(
     # Continuous batching: the late request joined while "steady" was still decoding.
     assert order.index(("tok", "late")) < order.index(("done", "steady"))
     assert order.index(("tok", "steady")) < order.index(("tok", "late"))
+
+
+@pytest.mark.parametrize("slots", [1, 4])
+def test_a_stop_string_split_over_tokens_is_never_sent(
+    workers: Callable[[], WorkerClient], smollm_gguf: Path, slots: int
+) -> None:
+    client = workers()
+    client.load(smollm_gguf, n_ctx=512, slots=slots)
+    prompt = "Once upon a time, in a small village by the sea,"
+    free, _ = solo(client, "free", prompt, 48)
+    # A stop that starts inside a word's token and ends in the next one: the start of that
+    # token's text could be the stop string, so none of it may go out before we know.
+    word = re.search(r" ([A-Za-z]{4,})( \S)", free[10:])
+    assert word is not None, free
+    stop = word.group(1)[1:] + word.group(2)
+    client.send({**greedy("cut", prompt, 48), "stop": [stop]})
+    end = client.until_finished({"cut"})["cut"]
+    assert end["finish_reason"] == "stop"
+    assert client.text("cut") == free[: free.index(stop)]
 
 
 def test_prompt_too_long_fails_alone(workers: Callable[[], WorkerClient], tiny_gguf: Path) -> None:

@@ -53,6 +53,14 @@ def test_text_emitter_holds_split_characters_and_cuts_at_stops() -> None:
     assert text.feed(euro[:2]) == ("", False)
     assert text.feed(euro[2:] + b" ok") == ("€ ok", False)
     assert text.feed(b" yes STOP and more") == (" yes ", True)
+    split = TextEmitter(["STOP"])
+    assert split.feed(b"go ST") == ("go ", False)  # "ST" may begin the stop string
+    assert split.feed(b"OP now") == ("", True)
+    passed = TextEmitter(["STOP"])
+    assert passed.feed(b"a ST") == ("a ", False)
+    assert passed.feed(b"ay") == ("STay", False)  # it did not: sent after all
+    assert passed.feed(b" S") == (" ", False)
+    assert passed.tail() == "S"  # the run ended without a stop: the held text goes out
     plain = TextEmitter([])
     assert plain.feed(b"\xe2\x82") == ("", False)
     assert plain.tail() == "\ufffd"

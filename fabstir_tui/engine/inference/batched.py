@@ -227,7 +227,7 @@ class BatchedGenerator:
 
     def _finish(self, seq: Sequence, finish: str) -> None:
         tail = seq.text.tail()
-        if tail and finish != "stop":
+        if tail:
             self.owner.out.send(ev="tok", id=seq.rid, text=tail)
         self._release(seq)
         self.owner.out.send(

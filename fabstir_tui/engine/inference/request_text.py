@@ -44,26 +44,49 @@ def plan_request(
 
 class TextEmitter:
     """Turns token bytes into the text a client may see: never half a UTF-8 character, never
-    a stop string or anything after it."""
+    a stop string or anything after it, and never the start of a stop string before it is
+    known not to be one (stop "STOP" split over tokens "ST" + "OP" sends nothing of it)."""
 
     def __init__(self, stops: list[str]) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = stops
-        self._text_so_far = ""
+        self._stops = [s for s in stops if s]
+        self._held = ""  # decoded text that may be the start of a stop string
+        self._stopped = False
 
     def feed(self, data: bytes) -> tuple[str, bool]:
         """(the piece to send, whether a stop string ended the text)."""
-        piece = self._decoder.decode(data)
-        if self._stops and piece:
-            self._text_so_far += piece
-            hit = first_stop(self._text_so_far, self._stops)
-            if hit is not None:
-                return piece[: max(0, len(piece) - (len(self._text_so_far) - hit))], True
-        return piece, False
+        text = self._held + self._decoder.decode(data)
+        self._held = ""
+        if not self._stops or not text:
+            return text, False
+        hit = first_stop(text, self._stops)
+        if hit is not None:
+            self._stopped = True
+            return text[:hit], True
+        keep = _stop_prefix_at_end(text, self._stops)
+        if keep:
+            self._held = text[-keep:]
+            return text[:-keep], False
+        return text, False
 
     def tail(self) -> str:
-        """Bytes held back waiting for the rest of a character, flushed as replacement text."""
-        return self._decoder.decode(b"", final=True)
+        """What is left when the run ends (length, end of generation, cancel): held text that
+        did not become a stop string, and an unfinished character as replacement text.
+        Nothing after a stop string."""
+        held, self._held = self._held, ""
+        rest = held + self._decoder.decode(b"", final=True)
+        return "" if self._stopped else rest
+
+
+def _stop_prefix_at_end(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could begin a stop string."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), longest, -1):
+            if stop.startswith(text[-size:]):
+                longest = size
+                break
+    return longest
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:

@@ -255,7 +255,7 @@ class ModelOwner:
         finally:
             generator.close()
         tail = text.tail()
-        if tail and finish != "stop":
+        if tail:
             self.out.send(ev="tok", id=rid, text=tail)
         self.out.send(
             ev="done",
