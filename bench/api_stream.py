@@ -36,14 +36,17 @@ from typing import Any
 
 import aiohttp
 from baselines import (
+    SAMPLER,
     BaselineProc,
     BaselineUnavailable,
+    direct_stream,
     llama_cpp_server,
     llama_server,
     llama_server_path,
+    load_direct,
 )
 from node_proc import NodeStartError, running_node
-from openai_stream import SEED, StreamResult, first_model_id, stream_completion
+from openai_stream import StreamResult, first_model_id, stream_completion
 
 from fabstir_tui.engine.inference.demo_model import demo_model_path
 
@@ -62,8 +65,6 @@ TOPICS = (
     "a telegraph operator",
     "a river that carves a canyon",
 )
-# Our sampler's defaults, sent to the baselines too (llama_cpp.server's repeat penalty is 1.1).
-SAMPLER = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
 Runner = Callable[[str], Awaitable[StreamResult]]
 
 
@@ -73,49 +74,6 @@ def prompt_for(index: int) -> str:
     past 128 tokens, so runs rarely end early (the token counts are in the JSON)."""
     topic = TOPICS[index % len(TOPICS)]
     return f"Story {index + 1}: a long tale about {topic}.\n\nOnce upon a time,"
-
-
-def direct_stream(llm: Any, prompt: str, max_tokens: int) -> StreamResult:
-    """llama-cpp-python's own streaming completion in this process; tokens are its chunks."""
-    started = time.perf_counter()
-    ttft: float | None = None
-    pieces: list[str] = []
-    finish: str | None = None
-    for chunk in llm.create_completion(
-        prompt, max_tokens=max_tokens, temperature=0.0, seed=SEED, stream=True, **SAMPLER
-    ):
-        choice = chunk["choices"][0]
-        finish = choice.get("finish_reason") or finish
-        if choice["text"]:
-            ttft = ttft if ttft is not None else time.perf_counter() - started
-            pieces.append(choice["text"])
-    wall = time.perf_counter() - started
-    return StreamResult(
-        ttft_s=ttft if ttft is not None else wall,
-        wall_s=wall,
-        completion_tokens=len(pieces),
-        tokens_from="chunks",
-        chunks=len(pieces),
-        text="".join(pieces),
-        finish_reason=finish,
-    )
-
-
-def load_direct(model: Path, *, threads: int, ctx: int, batch: int, flash_attn: bool) -> Any:
-    """The model as our worker loads it (engine/inference/worker.py), all on the CPU."""
-    import llama_cpp
-
-    return llama_cpp.Llama(
-        model_path=str(model),
-        n_ctx=ctx,
-        n_batch=batch,
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_gpu_layers=0,
-        flash_attn=flash_attn,
-        seed=SEED,
-        verbose=False,
-    )
 
 
 def median(values: list[float]) -> float:

@@ -1,5 +1,6 @@
-"""The two baseline servers the stream bench measures ours against, each a subprocess on a free
-loopback port in its own process group, stopped by that group (SIGTERM, then SIGKILL):
+"""What the stream bench measures ours against: llama-cpp-python called directly in the bench's
+process, and two servers, each a subprocess on a free loopback port in its own process group,
+stopped by that group (SIGTERM, then SIGKILL):
 
 - `python -m llama_cpp.server`: llama-cpp-python's own OpenAI server, the same wheel as ours;
 - llama.cpp's `llama-server`, built once by scripts/build-llama-server.sh with our CPU flags.
@@ -25,13 +26,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+from openai_stream import SEED, StreamResult
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0
 STOP_GRACE_S = 10.0
 BUILD_COMMAND = "scripts/build-llama-server.sh"
+# Our sampler's defaults, sent to the baselines too (llama_cpp.server's repeat penalty is 1.1).
+SAMPLER = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
 
 
 class BaselineUnavailable(RuntimeError):
@@ -235,3 +240,46 @@ def llama_server(
         str(port),
     ]
     return _server("llama-server", command, port, "/health")
+
+
+def direct_stream(llm: Any, prompt: str, max_tokens: int) -> StreamResult:
+    """llama-cpp-python's own streaming completion in this process; tokens are its chunks."""
+    started = time.perf_counter()
+    ttft: float | None = None
+    pieces: list[str] = []
+    finish: str | None = None
+    for chunk in llm.create_completion(
+        prompt, max_tokens=max_tokens, temperature=0.0, seed=SEED, stream=True, **SAMPLER
+    ):
+        choice = chunk["choices"][0]
+        finish = choice.get("finish_reason") or finish
+        if choice["text"]:
+            ttft = ttft if ttft is not None else time.perf_counter() - started
+            pieces.append(choice["text"])
+    wall = time.perf_counter() - started
+    return StreamResult(
+        ttft_s=ttft if ttft is not None else wall,
+        wall_s=wall,
+        completion_tokens=len(pieces),
+        tokens_from="chunks",
+        chunks=len(pieces),
+        text="".join(pieces),
+        finish_reason=finish,
+    )
+
+
+def load_direct(model: Path, *, threads: int, ctx: int, batch: int, flash_attn: bool) -> Any:
+    """The model as our worker loads it (engine/inference/worker.py), all on the CPU."""
+    import llama_cpp
+
+    return llama_cpp.Llama(
+        model_path=str(model),
+        n_ctx=ctx,
+        n_batch=batch,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=0,
+        flash_attn=flash_attn,
+        seed=SEED,
+        verbose=False,
+    )
