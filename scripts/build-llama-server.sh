@@ -28,7 +28,7 @@ src="$work/llama_cpp_python-$VERSION/vendor/llama.cpp"
 unset SOURCE_DATE_EPOCH
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
-echo "llama-server $VERSION: compiling llama.cpp's server (about 10 minutes on 2 cores)" >&2
+echo "llama-server $VERSION: compiling llama.cpp's server (about 15 minutes on 2 cores)" >&2
 start=$(date +%s)
 cmake -S "$src" -B "$work/build" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
