@@ -213,7 +213,8 @@ def llama_server(
     binary = llama_server_path()
     if binary is None:
         raise BaselineUnavailable(
-            f"llama-server is not built; build it once (about 15 minutes on 2 cores) with: {BUILD_COMMAND}"
+            "llama-server is not built; build it once (about 15 minutes on 2 cores) with: "
+            f"{BUILD_COMMAND}"
         )
     port = free_port()
     command = [
