@@ -164,3 +164,28 @@ async def test_a_websocket_counts_as_open_while_connected(
         assert after.open_requests == 0
         assert counts(after) == {("/v1/ws", 101): 1, ("/metrics", 200): 1}
         assert after.errors_total == 0
+
+
+async def test_an_error_inside_a_started_stream_is_counted_as_that_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FABSTIR_API_KEY", KEY)
+    async with api_node(tmp_path) as node, aiohttp.ClientSession() as http:
+        [model] = node.list_models()
+        ask = {"model": model_id(node), "prompt": PROMPT, "max_tokens": 4, "stream": True}
+        lease = await node.models.slot_queue(model.path).acquire()
+        async with http.post(url(node, "/v1/completions"), json=ask, headers=bearer()) as held:
+            try:
+                assert held.status == 200  # the queue comment went out: the status is sent
+                assert (await held.content.readline()) == b": queued 1\n"
+                await node.unload_model(model.path)  # the slot comes free with no model
+            finally:
+                lease.release()
+            lines = [line async for line in sse_lines(held)]
+        events = [data_of(line) for line in lines if line.startswith("data: ")]
+        assert [event["error"]["code"] for event in events] == ["busy"]
+        after = await settled(
+            lambda: (s := status_of(node)).open_requests == 0 and s, "the stream's end"
+        )
+        assert counts(after) == {("/v1/completions", 409): 1}
+        assert (after.errors_total, dict(after.refusals)) == (1, {"busy": 1})

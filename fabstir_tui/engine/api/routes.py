@@ -14,6 +14,7 @@ from fabstir_tui.engine.api.errors import ApiError, error_body
 from fabstir_tui.engine.api.limits import RateLimiter
 from fabstir_tui.engine.api.runs import HttpJobs, Located, batch_error, loaded_models
 from fabstir_tui.engine.api.shapes import Kind, Reply, finish_reason, parse_ask, usage
+from fabstir_tui.engine.api.traffic import failed_late
 from fabstir_tui.engine.api.ws import WsSessions
 from fabstir_tui.engine.jobs.runs import Replay
 from fabstir_tui.engine.p2p.messages import EndFrame
@@ -184,6 +185,7 @@ class Routes:
         except ApiError as exc:
             if not response.prepared:
                 raise
+            failed_late(request, exc.status, exc.code)
             await response.write(_sse(error_body(exc.status, exc.code, exc.message)))
         except ConnectionResetError:
             return response  # the client left; its run was cancelled and its slot freed

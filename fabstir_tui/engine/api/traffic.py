@@ -23,6 +23,12 @@ WINDOW_S = 60
 MAX_ERROR_CODES = 64  # our refusal codes are a fixed set; a cap keeps a bug from growing labels
 MAX_ERROR_BODY = 4096  # larger bodies are not our JSON refusals
 CLIENT_GONE = 499  # the client left before the answer ended (nginx's convention)
+LATE_ERROR = web.RequestKey("fabstir_late_error", tuple)  # (status, code) sent inside a stream
+
+
+def failed_late(request: web.Request, status: int, code: str) -> None:
+    """A stream already answered 200 ended with an error event: count the error, not the 200."""
+    request[LATE_ERROR] = (status, code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +153,8 @@ class ApiTraffic:
                 code = response.status
                 if code >= 400:
                     error_code = error_code_of(response)
+                elif LATE_ERROR in request:
+                    code, error_code = request[LATE_ERROR]
                 return response
             except web.HTTPException as exc:
                 code = exc.status
