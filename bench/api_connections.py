@@ -35,7 +35,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_proc import NodeProc, cpu_seconds, raise_nofile_limit, running_node
+from node_proc import NodeProc, cpu_seconds, load_average, publish, raise_nofile_limit, running_node
 from openai_stream import first_model_id, stream_completion
 
 from fabstir_tui.engine.inference.demo_model import demo_model_path
@@ -285,7 +285,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     api: dict[str, Any] = {}
     if args.per_address > 64:
         api["max_connections_per_ip"] = args.per_address
-    load_before = os.getloadavg()
+    load_before = load_average()
     async with running_node(model, threads=args.threads, slots=args.slots, api=api) as node:
         async with aiohttp.ClientSession() as probe:
             model_id = await first_model_id(probe, node.url, node.api_key)
@@ -359,8 +359,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "nofile_hard_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
             "cpus": os.cpu_count(),
         },
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
         "results": summary,
         "node_error_lines": node_errors[:20],
         "clients_sample": [asdict(r) for r in runs[:3]],
@@ -413,11 +413,7 @@ def main() -> None:
     if args.quick:
         args.clients = min(args.clients, 100)
     report = asyncio.run(bench(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(table(report))
-    print(f"(load average before {report['load_avg_before']}, after {report['load_avg_after']})")
-    print(f"wrote {args.out}")
+    publish(report, args.out, table(report))
 
 
 if __name__ == "__main__":

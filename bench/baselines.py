@@ -17,8 +17,6 @@ import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from node_proc import free_port, log_tail, stop_process_group
 from openai_stream import SEED, StreamResult
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0
-STOP_GRACE_S = 10.0
 BUILD_COMMAND = "scripts/build-llama-server.sh"
 # Our sampler's defaults, sent to the baselines too (llama_cpp.server's repeat penalty is 1.1).
 SAMPLER = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.0}
@@ -51,21 +49,6 @@ class BaselineProc:
     url: str
     pid: int
     log_path: Path
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the server binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def llama_cpp_version() -> str:
@@ -89,20 +72,6 @@ def llama_server_path() -> Path | None:
     return binary if binary.is_file() and os.access(binary, os.X_OK) else None
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group, SIGKILL it after the grace."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 async def _wait_ready(
     process: subprocess.Popen[bytes], name: str, url: str, log: Path, path: str
 ) -> None:
@@ -113,7 +82,7 @@ async def _wait_ready(
         while time.monotonic() < deadline:
             code = process.poll()
             if code is not None:
-                raise BaselineUnavailable(f"{name} exited with {code}; its log:\n{_tail(log)}")
+                raise BaselineUnavailable(f"{name} exited with {code}; its log:\n{log_tail(log)}")
             try:
                 async with session.get(url + path) as response:
                     if response.status == 200:
@@ -124,7 +93,7 @@ async def _wait_ready(
             await asyncio.sleep(0.2)
     raise BaselineUnavailable(
         f"{name} did not answer {path} within {READY_TIMEOUT_S:.0f} s (last: {last}); "
-        f"its log:\n{_tail(log)}"
+        f"its log:\n{log_tail(log)}"
     )
 
 
@@ -149,7 +118,7 @@ async def _server(
         await _wait_ready(process, name, url, log, ready_path)
         yield BaselineProc(name=name, url=url, pid=process.pid, log_path=log)
     finally:
-        await asyncio.to_thread(_stop, process)
+        await asyncio.to_thread(stop_process_group, process)
         if os.environ.get("FABSTIR_BENCH_KEEP") != "1":
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 import pty
 import re
@@ -69,6 +70,7 @@ class NodeProc:
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
+    """The log's last non-blank lines, terminal escapes removed (for an error message)."""
     try:
         data = path.read_bytes()[-256_000:]
     except OSError:
@@ -85,8 +87,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def load_average() -> list[float]:
+    """The 1/5/15-minute load averages, rounded: a busy machine explains a noisy figure."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def publish(report: dict[str, Any], out: Path, table: str) -> None:
+    """Write the report's JSON to `out` and print its table and the load it ran under."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(table)
+    print(f"(load average before {report['load_avg_before']}, after {report['load_avg_after']})")
+    print(f"wrote {out}")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (the node binds it a moment later)."""
+    """A port nobody listens on right now (the server binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
@@ -230,8 +246,9 @@ async def _wait_ready(proc: NodeProc, timeout_s: float) -> None:
     )
 
 
-def _stop(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    """SIGTERM the node's process group, SIGKILL it after the grace."""
+def stop_process_group(process: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM a server's process group (it was started in a session of its own), SIGKILL
+    it after the grace."""
     if process.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
@@ -308,7 +325,7 @@ async def running_node(
                     await asyncio.sleep(0.2)
         yield proc
     finally:
-        await asyncio.to_thread(_stop, process, STOP_GRACE_S)
+        await asyncio.to_thread(stop_process_group, process)
         if terminal is not None:
             master, drainer = terminal
             await asyncio.to_thread(drainer.join, 5)

