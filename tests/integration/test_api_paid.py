@@ -4,6 +4,8 @@ run's end is submitted on-chain; other jobs, other signers and paid chat are ref
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ from pipeline_kit import Rig, api_paid_node, make_rig, until
 from fabstir_tui.engine.chain import Anvil
 from fabstir_tui.engine.chain.anvil import anvil_account
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, authorization_header, sign_request
+from fabstir_tui.engine.serving.runner import RequestRunner
 
 PROMPT = "Once upon a time"
 SUBMITTED = 3  # JobMarketplace.JobStatus
@@ -120,4 +123,63 @@ async def test_a_signed_completion_for_a_claimed_job_is_served_and_submitted(
                 assert chunks[-1]["fabstir"]["receipt"] is not None
                 await until(lambda: rig.job(streamed_id)["status"] == SUBMITTED)
         finally:
+            await node.stop()
+
+
+@pytest.mark.slow
+async def test_a_client_gone_while_its_receipt_is_signed_still_has_its_job_submitted(
+    tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Instrumentation, not a double: the real receipt is issued once the test has closed the
+    # client's connection, so the cancel lands inside the window between run end and record.
+    signing, go = asyncio.Event(), asyncio.Event()
+    issue = RequestRunner._receipt_for
+
+    async def held_receipt(self: RequestRunner, job: Any, end: Any) -> Any:
+        signing.set()
+        await go.wait()
+        return await issue(self, job, end)
+
+    monkeypatch.setattr(RequestRunner, "_receipt_for", held_receipt)
+    with Anvil(chain_id=31337, accounts=4) as anvil:
+        rig = make_rig(anvil, tiny_gguf, tmp_path)
+        node = await api_paid_node(rig)
+        try:
+            assert node.api is not None
+            job_id = rig.post(PROMPT)
+            await until(lambda: len(node.jobs_snapshot().market) == 1)
+            await node.claim_job(rig.key(job_id))
+            ask = {
+                "model": "0x" + rig.model_sha,
+                "prompt": PROMPT,
+                "max_tokens": 8,
+                "temperature": 0.0,
+                "job_id": str(job_id),
+                "stream": True,
+            }
+
+            async def client() -> None:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.post(
+                        node.api.url + "/v1/completions",
+                        json=ask,
+                        headers=signed_headers(rig, job_id, PROMPT),
+                    ) as r,
+                ):
+                    async for _ in r.content:
+                        pass
+
+            reading = asyncio.create_task(client())
+            await until(signing.is_set, doing="the run's end")
+            reading.cancel()  # the client leaves while its receipt is being signed
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+            api = node.api_status
+            await until(lambda: (s := api()) is not None and s.open_requests == 0)
+            go.set()
+            await until(lambda: rig.job(job_id)["status"] == SUBMITTED, doing="the submit")
+            assert node.jobs is not None and not node.jobs.runs.active(rig.key(job_id))
+        finally:
+            go.set()
             await node.stop()

@@ -67,6 +67,7 @@ class RequestRunner:
         self.receipts = book_for(node)
         self._verifier: RequestVerifier | None = None
         self._last_sweep = -float("inf")
+        self._concluding: set[asyncio.Future[EndFrame]] = set()  # ends outliving their client
 
     # --- admission -------------------------------------------------------------------------
 
@@ -237,8 +238,12 @@ class RequestRunner:
                 completion_tokens=stats.completion_tokens,
                 finish_reason=_finish(stats.finish_reason),
             )
-            batch.end = replace(batch.end, receipt=await self._receipt_for(job, batch.end))
-            links.finished(self.node, job, batch.end)
+            # A client that leaves now must not split the receipt from the pipeline's record
+            # (the job would stay running, refusing every later request, never submitted).
+            concluding = asyncio.ensure_future(self._conclude(job, batch.end))
+            self._concluding.add(concluding)
+            concluding.add_done_callback(self._concluding.discard)
+            batch.end = await asyncio.shield(concluding)
         except InferenceError as exc:
             job.finished = True
             batch.tokens = len(batch.pieces)
@@ -258,6 +263,12 @@ class RequestRunner:
             await job.stream.cancel()
         except Exception as exc:  # the worker may be gone already
             self.node.log("warning", "jobs", f"could not stop a late run: {exc}")
+
+    async def _conclude(self, job: RunningJob, end: EndFrame) -> EndFrame:
+        """The end with its receipt, recorded as finished for the pipeline."""
+        end = replace(end, receipt=await self._receipt_for(job, end))
+        links.finished(self.node, job, end)
+        return end
 
     async def _receipt_for(self, job: RunningJob, end: EndFrame) -> dict[str, Any] | None:
         """The signed receipt's wire form, or None (key locked, no chain, or a failure that
