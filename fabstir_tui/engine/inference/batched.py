@@ -12,7 +12,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fabstir_tui.engine.inference.request_text import RequestPlan, TextEmitter, plan_request
+from fabstir_tui.engine.inference.request_text import (
+    RequestPlan,
+    TextEmitter,
+    plan_request,
+    token_bytes,
+)
 
 if TYPE_CHECKING:
     from fabstir_tui.engine.inference.worker import ModelOwner
@@ -209,7 +214,7 @@ class BatchedGenerator:
                 self._finish(seq, "stop")
                 return
             seq.produced += 1
-            piece, stopped = seq.text.feed(self.llm.detokenize([token]))
+            piece, stopped = seq.text.feed(token_bytes(self.llm, token))
         except Exception as exc:
             self._fail(seq, exc)
             return

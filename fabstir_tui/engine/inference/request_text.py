@@ -4,11 +4,28 @@ token budget, seed) and its text (incremental UTF-8, stop strings), so both stre
 from __future__ import annotations
 
 import codecs
+import ctypes
 import random
 from dataclasses import dataclass
 from typing import Any
 
 EMPTY_PROMPT = "the prompt has no tokens"  # the API maps these words to a 400
+PIECE_BYTES = 64  # most tokens' text fits; a longer one is asked for again at its size
+
+
+def token_bytes(llm: Any, token: int) -> bytes:
+    """One token's text. llama-cpp-python's detokenize reads into 32 bytes and silently gives
+    b"" for a longer piece (SmolLM2 has 47: runs of spaces, rules of dashes)."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    size = PIECE_BYTES
+    while True:
+        buffer = (ctypes.c_char * size)()
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, size, 0, False)
+        if n >= 0:
+            return buffer.raw[:n]
+        size = -n  # the length it needs
 
 
 @dataclass(frozen=True, slots=True)

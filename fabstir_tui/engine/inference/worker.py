@@ -12,7 +12,7 @@ import time
 from typing import Any, BinaryIO
 
 from fabstir_tui.engine.inference.batched import BatchedGenerator, sequences_per_context
-from fabstir_tui.engine.inference.request_text import TextEmitter, plan_request
+from fabstir_tui.engine.inference.request_text import TextEmitter, plan_request, token_bytes
 from fabstir_tui.engine.inference.wire import encode_frame, read_frame_sync
 
 # ggml levels: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continue. Its info lines (thousands
@@ -240,7 +240,7 @@ class ModelOwner:
                     finish = "stop"
                     break
                 produced += 1
-                piece, stopped = text.feed(llm.detokenize([token]))
+                piece, stopped = text.feed(token_bytes(llm, token))
                 if piece:
                     self.out.token(rid, piece, at_once=not sent)
                     sent = True
@@ -333,8 +333,8 @@ def score_output(llm: Any, prompt: str, output: str) -> dict[str, Any]:
         "tokens": scored,
         "ranks": ranks,
         "best": best,
-        "pieces": [llm.detokenize([t]).decode("utf-8", "replace") for t in scored],
-        "best_pieces": [llm.detokenize([t]).decode("utf-8", "replace") for t in best],
+        "pieces": [token_bytes(llm, t).decode("utf-8", "replace") for t in scored],
+        "best_pieces": [token_bytes(llm, t).decode("utf-8", "replace") for t in best],
     }
 
 
