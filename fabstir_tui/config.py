@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fabstir_tui.config_sources import (
     ConfigError,
@@ -88,6 +88,16 @@ class InferenceSection(_Section):
     load_at_start: list[Path] = Field(
         default_factory=list, description="GGUF files loaded once the node runs (headless nodes)"
     )
+
+    @model_validator(mode="after")
+    def _a_step_holds_every_slot(self) -> InferenceSection:
+        """llama.cpp aborts the process at load when a batch is smaller than its sequences."""
+        if self.batch_size < self.slots:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be at least slots ({self.slots}): "
+                "each batched step decodes one token for every slot"
+            )
+        return self
 
 
 class TelemetrySection(_Section):

@@ -342,10 +342,9 @@ def _validate_layer(
             for error in exc.errors():
                 loc = error["loc"]
                 key = ".".join(str(part) for part in loc[:2])
-                if key not in pending:
-                    problems.append(
-                        f"{next(iter(layer.sources.values()), 'config')}: {error['msg']}"
-                    )
+                if key not in pending:  # a rule across a section's values
+                    source = next(iter(layer.sources.values()), "config")
+                    problems.append(f"{source}: {_rule_broken(error)}")
                     continue
                 bad.add(key)
                 section, _, name = key.partition(".")
@@ -383,5 +382,21 @@ def build_config(
         raise ConfigError(problems)
     try:
         return model.model_validate(_nest(effective)), sources
-    except ValidationError as exc:  # each layer passed alone, so this is a schema bug
-        raise ConfigError([f"config: {e['msg']} at {e['loc']}" for e in exc.errors()]) from exc
+    except ValidationError as exc:  # each layer passed alone: a rule across layers' values
+        raise ConfigError([_across_layers(e, sources) for e in exc.errors()]) from exc
+
+
+def _rule_broken(error: Any) -> str:
+    """A section-wide rule's error as `section: sentence` (without pydantic's prefix)."""
+    where = ".".join(str(part) for part in error["loc"])
+    ctx = error.get("ctx") or {}
+    what = str(ctx.get("error", error["msg"])) if error["type"] == "value_error" else error["msg"]
+    return f"{where}: {what}" if where else what
+
+
+def _across_layers(error: Any, sources: dict[str, str]) -> str:
+    """A rule broken by values from different sources: say where each of them came from."""
+    section = str(error["loc"][0]) if error["loc"] else ""
+    came = [f"{key} from {src}" for key, src in sources.items() if key.startswith(f"{section}.")]
+    came = [c for c in came if not c.endswith(f" from {DEFAULT_SOURCE}")]
+    return _rule_broken(error) + (f" ({', '.join(came)})" if came else "")

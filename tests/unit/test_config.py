@@ -313,3 +313,26 @@ def test_config_as_json_round_trips(tmp_path: Path, no_default: Path) -> None:
     }
     assert doc["telemetry.replay_file"] == {"value": None, "source": "default"}
     assert set(doc) == set(loaded.sources)
+
+
+def test_a_batch_smaller_than_the_slots_is_refused_naming_each_source(
+    tmp_path: Path, no_default: Path
+) -> None:
+    rule = "batch_size (3) must be at least slots (4): each batched step decodes one token"
+    both = write(tmp_path / "both.toml", "[inference]\nbatch_size = 3\nslots = 4\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(both, env={}, default_file=no_default)
+    [problem] = problems(excinfo)
+    assert problem.startswith(f"file {both}: inference: {rule}")
+
+    batch = write(tmp_path / "batch.toml", "[inference]\nbatch_size = 3\n")
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(batch, env={"FABSTIR_INFERENCE__SLOTS": "4"}, default_file=no_default)
+    [problem] = problems(excinfo)
+    assert problem.startswith(f"inference: {rule}")
+    assert problem.endswith(
+        f"(inference.batch_size from file {batch}, "
+        "inference.slots from env FABSTIR_INFERENCE__SLOTS)"
+    )
+    ok = load_config(batch, env={"FABSTIR_INFERENCE__SLOTS": "3"}, default_file=no_default)
+    assert (ok.config.inference.batch_size, ok.config.inference.slots) == (3, 3)

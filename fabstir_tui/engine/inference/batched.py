@@ -178,10 +178,13 @@ class BatchedGenerator:
         for seq in list(self.active):
             if not seq.prefilling and seq.next_token is None:  # nothing to decode: never spin
                 self._fail(seq, RuntimeError("the sequence has no token to decode"))
-        for seq in self.active:
+        # llama.cpp puts sequences of split KV streams in one ubatch only when their ids come
+        # in increasing consecutive order: arrival order would split a step into passes.
+        by_id = sorted(self.active, key=lambda seq: seq.seq_id)
+        for seq in by_id:
             if not seq.prefilling and seq.next_token is not None and n < self.n_batch:
                 add(seq, seq.next_token, len(seq.plan.tokens) + seq.produced - 1, True)
-        for seq in self.active:
+        for seq in by_id:
             if seq.prefilling and n < self.n_batch:
                 # Chunks start at the sequence's own offsets, as Llama.eval's do alone.
                 chunk = seq.plan.tokens[seq.fed : seq.fed + self.n_batch - n]

@@ -143,7 +143,7 @@ class ModelOwner:
                     model_path=message["path"],
                     # Batched: each sequence keeps the whole configured context.
                     n_ctx=int(message["n_ctx"]) * slots,
-                    n_batch=int(message["n_batch"]),
+                    n_batch=max(int(message["n_batch"]), slots),  # llama.cpp aborts below
                     n_threads=int(message["n_threads"]),
                     n_threads_batch=int(message["n_threads"]),
                     n_gpu_layers=int(message["n_gpu_layers"]),
