@@ -19,6 +19,7 @@ from pipeline_kit import Rig, api_paid_node, make_rig, until
 from fabstir_tui.engine.chain import Anvil
 from fabstir_tui.engine.chain.anvil import anvil_account
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, authorization_header, sign_request
+from fabstir_tui.engine.serving import links
 from fabstir_tui.engine.serving.runner import RequestRunner
 
 PROMPT = "Once upon a time"
@@ -182,4 +183,66 @@ async def test_a_client_gone_while_its_receipt_is_signed_still_has_its_job_submi
             assert node.jobs is not None and not node.jobs.runs.active(rig.key(job_id))
         finally:
             go.set()
+            await node.stop()
+
+
+@pytest.mark.slow
+async def test_a_stream_cut_at_its_deadline_keeps_every_token_made_then_says_why(
+    tmp_path: Path, smollm_gguf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Instrumentation, not a double: the text the runner had made when it cut the run.
+    made: list[str] = []
+    cut = links.cut
+
+    def noted_cut(node: Any, job: Any, why: str) -> None:
+        made.append("".join(job.output))
+        cut(node, job, why)
+
+    monkeypatch.setattr(links, "cut", noted_cut)
+    with Anvil(chain_id=31337, accounts=4) as anvil:
+        rig = make_rig(anvil, smollm_gguf, tmp_path)
+        node = await api_paid_node(rig)
+        try:
+            assert node.api is not None and node.jobs is not None
+            job_id = rig.post(PROMPT, max_tokens=3000, ttl=120)
+            key = rig.key(job_id)
+            await until(lambda: any(v.key == key for v in node.jobs_snapshot().market))
+            await node.claim_job(key)
+            await until(lambda: not node.jobs.book.pending_effects())
+            ask = {
+                "model": "0x" + rig.model_sha,
+                "prompt": PROMPT,
+                "max_tokens": 3000,
+                "temperature": 0.0,
+                "job_id": str(job_id),
+                "stream": True,
+            }
+            events: list[dict[str, Any]] = []
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    node.api.url + "/v1/completions",
+                    json=ask,
+                    headers=signed_headers(rig, job_id, PROMPT),
+                ) as r,
+            ):
+                assert r.status == 200
+                async for raw in r.content:
+                    line = raw.decode().strip()
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    events.append(json.loads(line.removeprefix("data: ")))
+                    if len(events) == 1:  # streaming: the chain's clock passes the deadline
+                        await asyncio.to_thread(rig.advance, 300)
+            *chunks, last = events
+            assert last["error"]["code"] == "deadline_passed"
+            text = "".join(c["choices"][0]["text"] for c in chunks)
+            assert made == [text] and text  # the cut batch's tokens reached the client too
+            assert rig.job(job_id)["status"] != SUBMITTED
+            api = node.api_status()
+            assert api is not None
+            assert {(c.route, c.code): c.count for c in api.requests} == {
+                ("/v1/completions", 403): 1
+            }
+        finally:
             await node.stop()

@@ -166,12 +166,12 @@ class Routes:
             first = True
             async with aclosing(self.engine.batches(job)) as batches:
                 async for batch in batches:
-                    if batch.error is not None:
-                        raise batch_error(batch)
                     await opened()
-                    if batch.pieces:
+                    if batch.pieces:  # an error's batch too: the client keeps what was made
                         await response.write(_sse(reply.chunk("".join(batch.pieces), first=first)))
                         first = False
+                    if batch.error is not None:
+                        raise batch_error(batch)
                     end = batch.end
                     if end is not None:
                         tail = reply.chunk(
@@ -189,6 +189,13 @@ class Routes:
             await response.write(_sse(error_body(exc.status, exc.code, exc.message)))
         except ConnectionResetError:
             return response  # the client left; its run was cancelled and its slot freed
+        except Exception as exc:  # our bug, after the 200 went out: an error event, not a
+            if not response.prepared:  # second response written into the stream's body
+                raise
+            self.node.log("error", "api", f"a stream failed: {type(exc).__name__}: {exc}")
+            failed_late(request, 500, "internal")
+            body = error_body(500, "internal", "the node could not finish this stream")
+            await response.write(_sse(body))
         return response
 
 

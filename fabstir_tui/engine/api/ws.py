@@ -43,6 +43,7 @@ frees its slot. The node stopping closes every socket with 1001 (going away).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -134,6 +135,12 @@ class WsSessions:
         self._open.add(ws)
         try:
             await _Connection(self, request, ws).serve()
+        except Exception as exc:  # our bug outside a request: say so and close with 1011
+            self.node.log("error", "api", f"a WebSocket failed: {type(exc).__name__}: {exc}")
+            if not ws.closed:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await ws.send_json(wire.error("internal", "the node could not go on", 500))
+                await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         finally:
             self._open.discard(ws)
             if not ws.closed:
@@ -345,11 +352,11 @@ class _Connection:
             run.job = job
             async with aclosing(self.engine.batches(job)) as batches:
                 async for batch in batches:
-                    if batch.error is not None:
-                        raise batch_error(batch)
-                    if batch.pieces or batch.tokens:
+                    if batch.pieces or batch.tokens:  # an error's batch too: keep what was made
                         run.tokens += batch.tokens
                         await self.send(wire.chunk(run.id, "".join(batch.pieces), batch.tokens))
+                    if batch.error is not None:
+                        raise batch_error(batch)
                     end = batch.end
                     if end is not None:
                         reason = finish_reason(end.finish_reason)
@@ -372,8 +379,8 @@ class _Connection:
         completion_tokens: int,
         receipt: dict[str, Any] | None,
     ) -> None:
-        run.ended = True
         await self.send(wire.end(run.id, reason, prompt_tokens, completion_tokens, receipt))
+        run.ended = True  # only once sent: a cancel during the send still gets its end
 
     async def _cancel(self, request_id: str) -> None:
         """Stop the request (queue left or generation cancelled, slot freed), then its end."""
