@@ -87,12 +87,19 @@ async def test_completions_match_the_engine_whole_streamed_and_through_openai(
                 model=model_id(node),
                 messages=messages,  # type: ignore[arg-type]
                 stream=True,
+                stream_options={"include_usage": True},
                 **settings,  # type: ignore[arg-type]
             )
-            pieces = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+            received = [c async for c in stream]
         finally:
             await client.close()
+        pieces = [c.choices[0].delta.content or "" for c in received if c.choices]
         assert "".join(pieces) == chat_expected and chat_expected
+        counted = received[-1]  # include_usage: a last chunk with no choices, the usage
+        assert counted.choices == [] and counted.usage is not None
+        used = counted.usage
+        assert 0 < used.completion_tokens <= settings["max_tokens"]
+        assert used.total_tokens == used.prompt_tokens + used.completion_tokens
 
 
 async def test_requests_without_a_valid_key_are_refused_with_json(tmp_path: Path) -> None:

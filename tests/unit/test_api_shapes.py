@@ -49,6 +49,36 @@ def test_a_good_request_parses_with_ids_from_body_or_header() -> None:
     assert parse_ask("chat", {**body, "job_id": 7}, {"X-Fabstir-Job": "42"}).job_id == "7"
 
 
+def test_null_means_absent_as_openai_clients_send_it() -> None:
+    body = {"model": "m", "prompt": "x", "n": None, "stream": None, "logprobs": None}
+    ask = parse_ask("completion", {**body, "max_completion_tokens": None, "max_tokens": 50}, {})
+    assert (ask.stream, ask.max_tokens, ask.include_usage) == (False, 50, False)
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    assert parse_ask("completion", streamed, {}).include_usage is True
+    assert "'n'" in refused("completion", {**body, "n": 2}).message
+    assert "'logprobs'" in refused("completion", {**body, "logprobs": 3}).message
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}
+    assert "'logprobs'" in refused("chat", chat).message
+
+
+def test_a_lone_surrogate_is_a_named_400_not_a_crash() -> None:
+    lone = "\ud800"  # what json.loads makes of the escape "\\ud800"
+    assert "'prompt'" in refused("completion", {"model": "m", "prompt": lone}).message
+    chat = {"model": "m", "messages": [{"role": "user", "content": "a" + lone}]}
+    assert "messages[0].content" in refused("chat", chat).message
+    assert "'stop'" in refused("completion", {"model": "m", "prompt": "x", "stop": lone}).message
+    with pytest.raises(ApiError) as caught:
+        credentials("Bearer " + lone, "k")
+    assert (caught.value.status, caught.value.code) == (401, "invalid_api_key")
+
+
+def test_the_usage_chunk_has_no_choices() -> None:
+    reply = Reply("completion", "0xabc")
+    counts = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    chunk = reply.usage_chunk(counts)
+    assert (chunk["choices"], chunk["usage"], chunk["id"]) == ([], counts, reply.id)
+
+
 def test_chunks_share_one_id_and_the_first_names_the_role() -> None:
     reply = Reply("chat", "0xabc")
     first, last = reply.chunk("he", first=True), reply.chunk(None, finish="stop")

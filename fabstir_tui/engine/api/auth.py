@@ -53,7 +53,9 @@ def credentials(header: str | None, api_key: str | None) -> Credentials:
                 "operator_mode_off",
                 f"operator mode is off: the node was started without {API_KEY_ENV}",
             )
-        if not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        # surrogatepass: a non-ASCII header or a JSON lone surrogate is a wrong key, not a 500
+        given = token.strip().encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(given, api_key.encode("utf-8", "surrogatepass")):
             raise ApiError(401, "invalid_api_key", "the API key is not this node's")
         return Credentials(paid_auth=None)
     if scheme == "Fabstir":

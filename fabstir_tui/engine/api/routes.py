@@ -13,7 +13,7 @@ from fabstir_tui.engine.api.auth import credentials
 from fabstir_tui.engine.api.errors import ApiError, error_body
 from fabstir_tui.engine.api.limits import RateLimiter
 from fabstir_tui.engine.api.runs import HttpJobs, Located, batch_error, loaded_models
-from fabstir_tui.engine.api.shapes import Kind, Reply, finish_reason, parse_ask, usage
+from fabstir_tui.engine.api.shapes import Ask, Kind, Reply, finish_reason, parse_ask, usage
 from fabstir_tui.engine.api.traffic import failed_late
 from fabstir_tui.engine.api.ws import WsSessions
 from fabstir_tui.engine.jobs.runs import Replay
@@ -33,6 +33,12 @@ SSE_HEADERS = {
 def _sse(data: Any) -> bytes:
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
     return f"data: {text}\n\n".encode()
+
+
+def _usage_and_done(reply: Reply, counts: dict[str, int], include_usage: bool) -> bytes:
+    """A stream's close: OpenAI's usage chunk when stream_options asked for it, then [DONE]."""
+    usage_event = _sse(reply.usage_chunk(counts)) if include_usage else b""
+    return usage_event + _sse("[DONE]")
 
 
 def _extra(end: EndFrame) -> dict[str, Any]:
@@ -100,7 +106,7 @@ class Routes:
         caller = credentials(request.headers.get("Authorization"), self._api_key)
         try:
             body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, LookupError) as exc:  # bad charset
             raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
         ask = parse_ask(kind, body, request.headers)
         if self.node.state != "running":  # a model loading elsewhere does not stop this one
@@ -109,9 +115,9 @@ class Routes:
         pending, located = await self.engine.admit(ask, caller)
         reply = Reply(kind, located.model_id)
         if isinstance(pending, Replay):
-            return await self._replayed(request, pending, reply, stream=ask.stream)
+            return await self._replayed(request, pending, reply, ask)
         if ask.stream:
-            return await self._stream(request, pending, reply)
+            return await self._stream(request, pending, reply, ask.include_usage)
         return await self._whole(pending, reply)
 
     async def _whole(self, pending: Pending, reply: Reply) -> web.Response:
@@ -134,22 +140,22 @@ class Routes:
         return web.json_response(body)
 
     async def _replayed(
-        self, request: web.Request, replay: Replay, reply: Reply, *, stream: bool
+        self, request: web.Request, replay: Replay, reply: Reply, ask: Ask
     ) -> web.StreamResponse:
         """A delivered job asked again: its archived answer and receipt, nothing re-runs."""
         done = replay.archived
         counts = usage(done.prompt_tokens, done.completion_tokens)
         extra = {"fabstir": {"receipt": done.receipt, "replayed": True}}
-        if not stream:
+        if not ask.stream:
             return web.json_response(reply.whole(done.output, "stop", counts, extra))
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
         tail = reply.chunk(done.output, first=True, finish="stop", usage=counts, extra=extra)
-        await response.write(_sse(tail) + _sse("[DONE]"))
+        await response.write(_sse(tail) + _usage_and_done(reply, counts, ask.include_usage))
         return response
 
     async def _stream(
-        self, request: web.Request, pending: Pending, reply: Reply
+        self, request: web.Request, pending: Pending, reply: Reply, include_usage: bool
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers=SSE_HEADERS)
 
@@ -174,14 +180,16 @@ class Routes:
                         raise batch_error(batch)
                     end = batch.end
                     if end is not None:
+                        counts = usage(end.prompt_tokens, end.completion_tokens)
                         tail = reply.chunk(
                             None,
                             first=first,
                             finish=finish_reason(end.finish_reason),
-                            usage=usage(end.prompt_tokens, end.completion_tokens),
+                            usage=counts,
                             extra=_extra(end),
                         )
-                        await response.write(_sse(tail) + _sse("[DONE]"))
+                        done = _usage_and_done(reply, counts, include_usage)
+                        await response.write(_sse(tail) + done)
         except ApiError as exc:
             if not response.prepared:
                 raise

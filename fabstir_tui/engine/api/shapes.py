@@ -33,6 +33,7 @@ class Ask:
     stream: bool
     job_id: str | None
     session_id: str | None
+    include_usage: bool = False  # stream_options.include_usage: a usage chunk before [DONE]
 
 
 def _bad(field: str, why: str) -> ApiError:
@@ -66,7 +67,35 @@ def _stops(body: dict[str, Any]) -> tuple[str, ...]:
         raise _bad("stop", f"expected a string or a list of at most {MAX_STOPS} strings")
     if not all(isinstance(s, str) and s for s in items):
         raise _bad("stop", "every stop sequence must be a non-empty string")
-    return tuple(items)
+    return tuple(_text("stop", item) for item in items)
+
+
+def _text(field: str, text: str) -> str:
+    """Text the model and the hashes can take: a lone surrogate (JSON's \\ud800) cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _bad(field, "contains a lone UTF-16 surrogate (not a character)") from None
+    return text
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    """A boolean field; null is absent (false)."""
+    value = body.get(name)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise _bad(name, "expected true or false")
+    return value
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise _bad("stream_options", "expected an object")
+    return _flag(options, "include_usage")
 
 
 def _id(body: dict[str, Any], headers: Mapping[str, str], name: str, header: str) -> str | None:
@@ -95,6 +124,7 @@ def _content(message: Any, index: int) -> dict[str, str]:
         content = "".join(str(p) for p in parts)
     if not isinstance(content, str):
         raise _bad(f"messages[{index}].content", "expected a string")
+    content = _text(f"messages[{index}].content", content)
     return {"role": "system" if role == "developer" else str(role), "content": content}
 
 
@@ -113,19 +143,20 @@ def parse_ask(kind: Kind, body: Any, headers: Mapping[str, str]) -> Ask:
             raw = raw[0]
         if not isinstance(raw, str):
             raise _bad("prompt", "expected a string (one prompt per request)")
-        prompt = raw
+        prompt = _text("prompt", raw)
     else:
         raw_messages = body.get("messages")
         if not isinstance(raw_messages, list) or not 0 < len(raw_messages) <= MAX_MESSAGES:
             raise _bad("messages", f"expected a list of 1 to {MAX_MESSAGES} messages")
         messages = tuple(_content(m, i) for i, m in enumerate(raw_messages))
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise _bad("stream", "expected true or false")
-    n = body.get("n", 1)
-    if n != 1:
+    limit = body.get("max_completion_tokens")
+    limit = body.get("max_tokens") if limit is None else limit
+    stream = _flag(body, "stream")
+    n = body.get("n")
+    if n is not None and n != 1:
         raise _bad("n", "this node returns one choice per request")
+    if body.get("logprobs") not in (None, False, 0) or body.get("top_logprobs") not in (None, 0):
+        raise _bad("logprobs", "this node does not return log probabilities")
     return Ask(
         kind=kind,
         model=model,
@@ -138,6 +169,7 @@ def parse_ask(kind: Kind, body: Any, headers: Mapping[str, str]) -> Ask:
         stream=stream,
         job_id=_id(body, headers, "job_id", "X-Fabstir-Job"),
         session_id=_id(body, headers, "session_id", "X-Fabstir-Session"),
+        include_usage=_include_usage(body),
     )
 
 
@@ -205,6 +237,13 @@ class Reply:
             body["usage"] = usage
         if extra:
             body.update(extra)
+        return body
+
+    def usage_chunk(self, counts: dict[str, int]) -> dict[str, Any]:
+        """stream_options.include_usage's last chunk: no choices, the usage."""
+        body = self._base("chat.completion.chunk" if self.kind == "chat" else "text_completion")
+        body["choices"] = []
+        body["usage"] = counts
         return body
 
 
