@@ -87,6 +87,9 @@ class JobRuns:
         self.book = pipeline.book
         self._running: dict[JobKey, RunProgress] = {}
         self._queued: dict[JobKey, int] = {}
+        # The one request per job or session that may queue for a slot now: two requests
+        # checked at once would both pass `check` (it changes nothing) and both run.
+        self._holders: dict[JobKey, object] = {}
 
     def key(self, job_id: str) -> JobKey:
         return JobKey(JobKind.OPEN, self.pipeline.chain_id, self.pipeline.contract, job_id)
@@ -108,7 +111,20 @@ class JobRuns:
         return ZERO_HASH
 
     def active(self, key: JobKey) -> bool:
-        return key in self._running or key in self._queued
+        return key in self._running or key in self._queued or key in self._holders
+
+    def hold(self, key: JobKey, holder: object) -> Refusal | None:
+        """Let `holder` alone queue and run for this job or session, or say it is busy."""
+        if key in self._running or self._holders.get(key, holder) is not holder:
+            return Refusal("busy", f"{key_text(key)} is serving another request; retry later")
+        self._holders[key] = holder
+        return None
+
+    def let_go(self, key: JobKey, holder: object) -> None:
+        """`holder` left before its run started: the job or session takes requests again."""
+        if self._holders.get(key) is holder:
+            del self._holders[key]
+            self.queued(key, None)
 
     def queued(self, key: JobKey, position: int | None) -> None:
         """Where a request waits for an inference slot (None: no longer waiting)."""
@@ -202,6 +218,7 @@ class JobRuns:
         """claimed → running, written before the first token is produced (a session stays
         active: its requests come and go)."""
         self._queued.pop(ticket.key, None)
+        self._holders.pop(ticket.key, None)  # running now: `_running` refuses others
         if ticket.key.kind == JobKind.OPEN:
             self.book.transition(ticket.key, S.RUNNING, detail="running")
         self._running[ticket.key] = RunProgress()

@@ -75,6 +75,10 @@ async def next_turn(node: Node, pending: Pending) -> int | RunningJob | dict[str
     a new one at most every REPORT_EVERY_S (every HEARTBEAT_S beyond NEAR_FRONT), the same
     one again after HEARTBEAT_S of quiet; or an error frame."""
     if pending.acquiring is None:
+        if pending.ticket is not None and node.jobs is not None:
+            refused = node.jobs.runs.hold(pending.ticket.key, pending)
+            if refused is not None:
+                return error_frame(refused.code, refused.message)
         queue = node.models.slot_queue(pending.path)
         pending.acquiring = asyncio.ensure_future(
             queue.acquire(pending.price, _told(node, pending))
@@ -137,4 +141,4 @@ async def abandon(node: Node, pending: Pending, cancel: Any) -> None:
         with contextlib.suppress(Exception):
             pending.acquiring.result().release()
     if pending.ticket is not None and node.jobs is not None:
-        node.jobs.runs.queued(pending.ticket.key, None)
+        node.jobs.runs.let_go(pending.ticket.key, pending)
