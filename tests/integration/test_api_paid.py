@@ -87,6 +87,11 @@ async def test_a_signed_completion_for_a_claimed_job_is_served_and_submitted(
                     assert r.status == 400
                     assert (await r.json())["error"]["code"] == "paid_chat_unsupported"
 
+                headers = signed_headers(rig, job_id, PROMPT)
+                async with http.post(endpoint, json={**ask, "stop": ["\n"]}, headers=headers) as r:
+                    assert r.status == 400
+                    assert (await r.json())["error"]["code"] == "paid_stop_unsupported"
+
                 headers = {
                     **signed_headers(rig, job_id, PROMPT),
                     "X-Fabstir-Job": str(job_id),
@@ -244,5 +249,50 @@ async def test_a_stream_cut_at_its_deadline_keeps_every_token_made_then_says_why
             assert {(c.route, c.code): c.count for c in api.requests} == {
                 ("/v1/completions", 403): 1
             }
+        finally:
+            await node.stop()
+
+
+@pytest.mark.slow
+async def test_a_second_request_for_a_job_already_queued_is_busy_and_the_first_is_served(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    with Anvil(chain_id=31337, accounts=4) as anvil:
+        rig = make_rig(anvil, tiny_gguf, tmp_path)
+        node = await api_paid_node(rig)
+        try:
+            assert node.api is not None
+            endpoint = node.api.url + "/v1/completions"
+            job_id = rig.post(PROMPT)
+            await until(lambda: len(node.jobs_snapshot().market) == 1)
+            await node.claim_job(rig.key(job_id))
+            ask = {
+                "model": "0x" + rig.model_sha,
+                "prompt": PROMPT,
+                "max_tokens": 8,
+                "temperature": 0.0,
+                "job_id": str(job_id),
+            }
+            [model] = node.list_models()
+            lease = await node.models.slot_queue(model.path).acquire()  # the first must wait
+            async with aiohttp.ClientSession() as http:
+                first = await http.post(
+                    endpoint,
+                    json={**ask, "stream": True},
+                    headers=signed_headers(rig, job_id, PROMPT),
+                )
+                try:
+                    assert first.status == 200
+                    assert (await first.content.readline()) == b": queued 1\n"
+                    headers = signed_headers(rig, job_id, PROMPT)
+                    async with http.post(endpoint, json=ask, headers=headers) as second:
+                        assert second.status == 409, await second.text()
+                        assert (await second.json())["error"]["code"] == "busy"
+                finally:
+                    lease.release()
+                lines = [ln.decode().strip() async for ln in first.content if ln.strip()]
+                first.release()
+            assert lines[-1] == "data: [DONE]"
+            await until(lambda: rig.job(job_id)["status"] == SUBMITTED, doing="the submit")
         finally:
             await node.stop()

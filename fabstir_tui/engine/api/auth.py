@@ -77,6 +77,13 @@ def paid_shape(ask: Ask) -> None:
             "paid requests use POST /v1/completions with the plain prompt whose keccak256 "
             "was posted with the job; chat is served only in operator mode for now",
         )
+    if ask.stop:
+        raise ApiError(
+            400,
+            "paid_stop_unsupported",
+            "a paid run's receipt signs its sampler settings and stop strings are not among "
+            "them yet (a verifier could not re-run it); send the request without 'stop'",
+        )
     if (ask.job_id is None) == (ask.session_id is None):
         raise ApiError(
             400,
