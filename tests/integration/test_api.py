@@ -185,10 +185,17 @@ async def test_limits_flood_body_size_context_and_cors(tmp_path: Path) -> None:
             error = await error_of(r)
             assert error["code"] == "context_length_exceeded" and "256" in error["message"]
 
-        preflight = {"Origin": allowed, "Access-Control-Request-Method": "POST"}
+        preflight = {
+            "Origin": allowed,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os, b@d",
+        }
         async with http.options(url(node, "/v1/completions"), headers=preflight) as r:
             assert r.status == 204
             assert r.headers["Access-Control-Allow-Origin"] == allowed
+            allow = [h.strip() for h in r.headers["Access-Control-Allow-Headers"].split(",")]
+            assert "x-stainless-os" in allow and "Authorization" in allow
+            assert "b@d" not in allow and "authorization" not in allow  # no junk, no repeats
         stranger = {**preflight, "Origin": "https://evil.example"}
         async with http.options(url(node, "/v1/completions"), headers=stranger) as r:
             assert r.status == 403

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from fabstir_tui.engine.api import limits
 from fabstir_tui.engine.api.auth import credentials
 from fabstir_tui.engine.api.errors import ApiError
-from fabstir_tui.engine.api.limits import RateLimiter
+from fabstir_tui.engine.api.limits import RateLimiter, limit_key
 from fabstir_tui.engine.api.shapes import Reply, parse_ask
 
 
@@ -109,3 +110,27 @@ def test_the_rate_limit_allows_a_burst_then_refills_at_its_rate() -> None:
     now[0] = 20.0
     assert limiter.take("a") == 0.0
     assert limiter.take("a") > 0
+
+
+def test_an_ipv6_subscriber_counts_as_one_address_and_ipv4_as_itself() -> None:
+    assert limit_key("127.0.0.2") == "127.0.0.2"
+    assert limit_key("2001:db8:1:2::1") == limit_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert limit_key("2001:db8:1:3::1") != limit_key("2001:db8:1:2::1")
+    assert limit_key("::ffff:10.0.0.1") == "10.0.0.1"
+    assert limit_key("unknown") == "unknown"
+
+
+def test_the_limiter_keeps_a_bounded_number_of_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(limits, "MAX_TRACKED_ADDRESSES", 3)
+    now = [0.0]
+    limiter = RateLimiter(per_minute=2, clock=lambda: now[0])
+    for ip in ("a", "b", "c"):
+        limiter.take(ip)
+    limiter.take("a")  # used again: "b" is now the least recently used
+    assert limiter.take("a") > 0  # a's two requests are spent
+    limiter.take("d")  # at the cap: b goes
+    assert list(limiter._buckets) == ["c", "a", "d"]
+    assert limiter.take("a") > 0  # a kept its spent bucket
+    now[0] = 61.0  # every bucket has refilled: a newcomer clears them all
+    limiter.take("e")
+    assert list(limiter._buckets) == ["e"]

@@ -4,8 +4,10 @@ per IP (429 with Retry-After). The body size limit is aiohttp's `client_max_size
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +27,23 @@ _HTTP_CODES = {
 
 
 def client_ip(request: web.Request) -> str:
-    """The peer's address (no proxy headers are trusted: a proxy must do its own limits)."""
-    return request.remote or "unknown"
+    """The address the limits count against (no proxy headers are trusted: a proxy must do
+    its own limits)."""
+    return limit_key(request.remote or "unknown")
+
+
+def limit_key(remote: str) -> str:
+    """An IPv4 address as it is; an IPv6 one as its /64, which one subscriber usually holds
+    whole (one address each would give them 2^64 allowances)."""
+    try:
+        address = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote  # a Unix socket's peer or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def errors_middleware(log: Callable[[str], None]) -> Middleware:
@@ -54,6 +71,21 @@ def errors_middleware(log: Callable[[str], None]) -> Middleware:
     return errors
 
 
+_OUR_HEADERS = ("Authorization", "Content-Type", "X-Fabstir-Job", "X-Fabstir-Session")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+MAX_ASKED_HEADERS = 32
+
+
+def _allowed_headers(request: web.Request) -> str:
+    """Ours plus those an allowed origin's preflight asks for: the OpenAI SDKs for browsers
+    send their own (x-stainless-*) on every request, and a fixed list would block them."""
+    asked = request.headers.get("Access-Control-Request-Headers", "").split(",")
+    names = [name.strip() for name in asked if _HEADER_NAME.fullmatch(name.strip())]
+    ours = {name.lower() for name in _OUR_HEADERS}
+    extra = sorted({name.lower() for name in names[:MAX_ASKED_HEADERS]} - ours)
+    return ", ".join([*_OUR_HEADERS, *extra])
+
+
 def cors_middleware(allowed: frozenset[str]) -> Middleware:
     """Answer preflights and tag responses for origins on the allowlist (no `*`)."""
 
@@ -73,9 +105,7 @@ def cors_middleware(allowed: frozenset[str]) -> Middleware:
                 headers={
                     "Access-Control-Allow-Origin": str(origin),
                     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-                    "Access-Control-Allow-Headers": (
-                        "Authorization, Content-Type, X-Fabstir-Job, X-Fabstir-Session"
-                    ),
+                    "Access-Control-Allow-Headers": _allowed_headers(request),
                     "Access-Control-Max-Age": "600",
                     "Vary": "Origin",
                 },
@@ -92,6 +122,7 @@ async def add_cors_headers(request: web.Request, response: web.StreamResponse) -
     origin = request.get("cors_origin")
     if origin:
         response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Retry-After"
         response.headers["Vary"] = "Origin"
 
 
@@ -140,11 +171,11 @@ class RateLimiter:
     def take(self, ip: str) -> float:
         """0 when the request may go ahead, else the seconds until it could."""
         now = self._clock()
-        bucket = self._buckets.get(ip)
+        bucket = self._buckets.pop(ip, None)  # re-inserted below: the dict is oldest-used first
         if bucket is None:
-            if len(self._buckets) >= MAX_TRACKED_ADDRESSES:
-                self._forget_full(now)
-            bucket = self._buckets[ip] = _Bucket(float(self.per_minute), now)
+            self._make_room(now)
+            bucket = _Bucket(float(self.per_minute), now)
+        self._buckets[ip] = bucket
         bucket.tokens = min(self.per_minute, bucket.tokens + (now - bucket.stamp) * self.rate)
         bucket.stamp = now
         if bucket.tokens >= 1:
@@ -152,11 +183,15 @@ class RateLimiter:
             return 0.0
         return (1 - bucket.tokens) / self.rate
 
-    def _forget_full(self, now: float) -> None:
-        """Drop addresses whose buckets have refilled: they behave as if never seen."""
-        full = 60.0
-        for ip in [ip for ip, b in self._buckets.items() if now - b.stamp >= full]:
-            del self._buckets[ip]
+    def _make_room(self, now: float) -> None:
+        """Keep at most MAX_TRACKED_ADDRESSES: drop the least recently used, refilled ones
+        first (they behave as if never seen); at the cap, the oldest anyway."""
+        while self._buckets:
+            oldest, bucket = next(iter(self._buckets.items()))
+            refilled = now - bucket.stamp >= 60.0
+            if not refilled and len(self._buckets) < MAX_TRACKED_ADDRESSES:
+                return
+            del self._buckets[oldest]
 
     def middleware(self) -> Middleware:
         @web.middleware
