@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -54,18 +55,27 @@ def fetch_status(base_url: str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
         reason = exc.reason
         why = getattr(reason, "strerror", None) or str(reason)
         raise StatusUnavailable(f"no node answers at {url} ({why}): {hint}") from None
-    except (TimeoutError, ConnectionError) as exc:
+    except OSError as exc:  # timeouts, refused or reset connections
         why = exc.strerror or type(exc).__name__
         raise StatusUnavailable(f"no node answers at {url} ({why}): {hint}") from None
+    except (http.client.InvalidURL, ValueError) as exc:  # a port not a number, an open [
+        raise StatusUnavailable(f"{url} is not a URL this can dial ({exc})") from None
+    except http.client.HTTPException as exc:  # not HTTP at all, or cut off mid-answer
+        raise StatusUnavailable(
+            f"{url} did not answer in HTTP ({type(exc).__name__}): is that address another "
+            "program's, or did the node stop? Pass --url with the node's API address"
+        ) from None
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise StatusUnavailable(
             f"{url} answered, but not with JSON: is that address another program's? "
             "Pass --url with the node's API address"
         ) from None
-    if not isinstance(document, dict):
-        raise StatusUnavailable(f"{url} answered JSON that is not a status document")
+    if not isinstance(document, dict) or not all(
+        isinstance(document.get(key), str) for key in ("name", "state", "version")
+    ):
+        raise StatusUnavailable(f"{url} answered JSON that is not a fabstir-tui status document")
     return document
 
 
@@ -182,8 +192,16 @@ def run_status(url: str, as_json: bool) -> int:
         return fail(str(exc), EXIT_FAILED)
     if as_json:
         emit_json(document)
-    else:
-        click.echo(human_status(document, url))
+        return EXIT_OK
+    try:
+        text = human_status(document, url)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # another version's shape
+        return fail(
+            f"{url} sent a status this version cannot show ({type(exc).__name__}: {exc}); "
+            "`fabstir-tui status --json` prints it as it came",
+            EXIT_FAILED,
+        )
+    click.echo(text)
     return EXIT_OK
 
 
@@ -200,4 +218,13 @@ def status_cmd(ctx: click.Context, as_json: bool, url: str | None) -> None:
             ctx.exit(fail(str(exc), EXIT_USAGE))
             return
         url = url_from_listen(config.api.listen)
+        if url.endswith(":0"):
+            ctx.exit(
+                fail(
+                    f"api.listen is {config.api.listen!r}: the node takes any free port, so "
+                    "this cannot know it; pass --url with the address in the node's log",
+                    EXIT_USAGE,
+                )
+            )
+            return
     ctx.exit(run_status(url, as_json))

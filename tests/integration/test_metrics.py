@@ -8,6 +8,7 @@ import asyncio
 import json
 import shutil
 import socket
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,58 @@ def test_status_command_refuses_when_no_node_listens() -> None:
         "reachable": False,
         "error": result.stderr.removeprefix("error: ").strip(),
     }
+
+
+class _OneAnswer:
+    """A loopback TCP server that sends the same bytes to every connection (not a node)."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4096)
+                conn.sendall(self.answer)
+
+    def close(self) -> None:
+        self.sock.close()
+        self.thread.join(5)
+
+
+def _http(body: bytes) -> bytes:
+    head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+    return head.encode() + b"\r\nConnection: close\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(
+    ("answer", "said"),
+    [
+        (b"SSH-2.0-OpenSSH_9.2\r\n", "did not answer in HTTP"),
+        (_http(b"{}"), "not a fabstir-tui status document"),
+        (_http(b"<html>a proxy's page</html>"), "not with JSON"),
+        (_http(b'{"name": "n", "state": "running", "version": "1", "models": 3}'), "cannot show"),
+    ],
+)
+def test_status_command_says_what_answered_instead_of_a_node(answer: bytes, said: str) -> None:
+    server = _OneAnswer(answer)
+    try:
+        result = CliRunner().invoke(main_group, ["status", "--url", server.url])
+    finally:
+        server.close()
+    assert result.exit_code == 1, result.output
+    assert said in result.stderr and "Traceback" not in result.output
+
+
+def test_status_command_refuses_a_url_it_cannot_dial() -> None:
+    result = CliRunner().invoke(main_group, ["status", "--url", "http://127.0.0.1:abc"])
+    assert result.exit_code == 1
+    assert "is not a URL this can dial" in result.stderr

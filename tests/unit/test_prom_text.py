@@ -12,6 +12,7 @@ from fabstir_tui.commands.status import url_from_listen
 from fabstir_tui.config import ChainSection, Config
 from fabstir_tui.engine.api.prom_text import Exposition, format_value
 from fabstir_tui.engine.api.status import redact, safe_url
+from fabstir_tui.engine.chain.rpc_pool import url_host
 
 
 @given(st.text())
@@ -68,6 +69,11 @@ def test_rpc_urls_lose_their_keys() -> None:
     config = Config(chain=ChainSection(rpc_urls=["https://rpc.example.com/v3/KEY"]))
     message = "RPC https://rpc.example.com/v3/KEY answered 429"
     assert redact(message, config) == "RPC https://rpc.example.com answered 429"
+    # What the chain side writes already shortened (url_host) still loses the password.
+    secret = "https://user:secret@rpc.example.com/v3/KEY?key=K2"
+    assert url_host(secret) == "https://rpc.example.com"
+    said = f"RPC {url_host('https://user:secret@rpc.example.com')} failed; also wss://a:b@x.io/ws"
+    assert redact(said, config) == "RPC https://rpc.example.com failed; also wss://x.io/ws"
 
 
 def test_status_url_from_the_listen_address() -> None:

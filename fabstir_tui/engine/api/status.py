@@ -4,12 +4,14 @@ the keystore), RPC endpoints as scheme://host:port only, big amounts as decimal 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from fabstir_tui.engine.api.metrics import Handler, model_label
+from fabstir_tui.engine.chain.rpc_pool import url_host
 from fabstir_tui.engine.jobs.states import JobKind, JobState
 from fabstir_tui.engine.p2p.service import package_version
 
@@ -22,21 +24,21 @@ if TYPE_CHECKING:
 STATUS_PATH = "/v1/node/status"
 
 
+_USERINFO = re.compile(r"(\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+
+
 def safe_url(url: str) -> str:
     """Scheme, host and port: provider URLs carry API keys in the path, query or user part."""
-    if not url:
-        return ""
-    scheme, sep, rest = url.partition("://")
-    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
-    return f"{scheme}{sep}{netloc}" if sep else netloc
+    return url_host(url) if url else ""
 
 
 def redact(text: str, config: Config) -> str:
-    """Replace any configured RPC URL quoted in a message with its safe form."""
+    """Replace any configured RPC URL quoted in a message with its safe form, and drop the
+    user part (user:password@) of any other URL in it."""
     urls = [*config.chain.rpc_urls, config.chain.ws_url]
     for url in sorted((u for u in urls if u), key=len, reverse=True):
         text = text.replace(url, safe_url(url))
-    return text
+    return _USERINFO.sub(r"\1", text)
 
 
 def _gpu(gpu: GpuSnapshot | None) -> dict[str, Any] | None:

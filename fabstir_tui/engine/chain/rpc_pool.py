@@ -59,9 +59,11 @@ class RpcUnavailable(RuntimeError):
 
 
 def url_host(url: str) -> str:
-    """Scheme, host and port only: provider URLs often carry an API key in the path."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.split('/', 1)[0]}"
+    """Scheme, host and port only: provider URLs carry API keys in the path, the query or the
+    user part (https://user:secret@host)."""
+    scheme, sep, rest = url.partition("://")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}{sep}{netloc}" if sep else netloc
 
 
 class RpcPool:
