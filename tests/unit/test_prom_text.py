@@ -10,9 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fabstir_tui.commands.status import url_from_listen
 from fabstir_tui.config import ChainSection, Config
+from fabstir_tui.engine.api.metrics import EventCounters, model_labels
 from fabstir_tui.engine.api.prom_text import Exposition, format_value
 from fabstir_tui.engine.api.status import redact, safe_url
 from fabstir_tui.engine.chain.rpc_pool import url_host
+from fabstir_tui.engine.events import GenerationFinished
 
 
 @given(st.text())
@@ -80,3 +82,28 @@ def test_status_url_from_the_listen_address() -> None:
     assert url_from_listen("127.0.0.1:8080") == "http://127.0.0.1:8080"
     assert url_from_listen("0.0.0.0:9000") == "http://127.0.0.1:9000"
     assert url_from_listen("[::]:8080") == "http://[::1]:8080"
+
+
+def test_models_sharing_a_file_name_get_distinct_labels() -> None:
+    labels = model_labels(["/m/llama/model.gguf", "/m/qwen/model.gguf", "/m/tiny.gguf"])
+    assert labels == {
+        "/m/llama/model.gguf": "llama/model.gguf",
+        "/m/qwen/model.gguf": "qwen/model.gguf",
+        "/m/tiny.gguf": "tiny.gguf",
+    }
+    assert model_labels(["/a/x/m.gguf", "/b/x/m.gguf"]) == {
+        "/a/x/m.gguf": "a/x/m.gguf",
+        "/b/x/m.gguf": "b/x/m.gguf",
+    }
+
+
+def test_the_speed_gauge_ignores_replies_too_short_to_time() -> None:
+    counters = EventCounters()
+
+    def finished(tokens: int, speed: float) -> GenerationFinished:
+        return GenerationFinished("r", "/m/a.gguf", 5, tokens, "stop", 0.01, speed)
+
+    counters.apply(finished(64, 80.0))
+    counters.apply(finished(2, 5000.0))  # two tokens 0.2 ms apart
+    totals = counters.model("/m/a.gguf")
+    assert (totals.last_tokens_per_s, totals.finished, totals.completion_tokens) == (80.0, 2, 66)

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 TX_ERROR_STATUSES = ("failed", "dropped")
 TX_FINAL_STATUSES = ("mined", "failed", "replaced", "dropped")
 _ENDED_STATES = ("stopping", "stopped")
+# A speed from fewer tokens is a few token gaps wide: a 2-token reply reads thousands a second
+# (the models screen's median skips them too).
+MIN_SPEED_TOKENS = 8
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,6 +45,22 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def model_label(path: str) -> str:
     """The file name: readable in dashboards and free of the operator's directory layout."""
     return Path(path).name
+
+
+def model_labels(paths: Iterable[str]) -> dict[str, str]:
+    """Each path's label: its file name, or with parent folders where two models share a file
+    name (llama/model.gguf, qwen/model.gguf): two series with one label set are invalid."""
+    by_name: dict[str, list[str]] = {}
+    for path in sorted(set(paths)):
+        by_name.setdefault(Path(path).name, []).append(path)
+    labels: dict[str, str] = {}
+    for same_name in by_name.values():
+        for depth in range(1, max(len(Path(p).parts) for p in same_name) + 1):
+            tried = {p: "/".join(Path(p).parts[-depth:]) for p in same_name}
+            if len(set(tried.values())) == len(tried):
+                break
+        labels.update(tried)
+    return labels
 
 
 @dataclass(slots=True)
@@ -84,7 +103,7 @@ class EventCounters:
             totals.prompt_tokens += event.prompt_tokens
             totals.completion_tokens += event.completion_tokens
             totals.finished += 1
-            if event.tokens_per_s is not None:
+            if event.tokens_per_s is not None and event.completion_tokens >= MIN_SPEED_TOKENS:
                 totals.last_tokens_per_s = event.tokens_per_s
         elif isinstance(event, GenerationFailed):
             self.model(event.model_path).failed += 1
@@ -161,9 +180,10 @@ def _model_metrics(out: Exposition, node: Node, counters: EventCounters) -> None
         "Decode speed of the model's most recent finished generation.",
     )
     paths = {m.path for m in loaded} | set(counters.models)
+    labels = model_labels(paths)
     for path in sorted(paths):
         totals = counters.model(path)
-        model = {"model": model_label(path)}
+        model = {"model": labels[path]}
         out.add(
             "fabstir_tokens_total",
             "counter",
@@ -192,7 +212,7 @@ def _model_metrics(out: Exposition, node: Node, counters: EventCounters) -> None
             )
     for m in loaded:
         slots = node.models.slot_queue(m.path)
-        model = {"model": model_label(m.path)}
+        model = {"model": labels[m.path]}
         out.add(
             "fabstir_inference_queue_depth",
             "gauge",
