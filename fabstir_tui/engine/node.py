@@ -118,6 +118,12 @@ class Node(JobCommands, PeerCommands):
 
     async def _start(self) -> None:
         self.bus.bind(asyncio.get_running_loop())
+        counters = None
+        if self.config.api.enabled:  # /metrics counts from here: startup's tx recovery too
+            from fabstir_tui.engine.api.metrics import EventCounters
+
+            counters = EventCounters()
+            counters.ensure_started(self)
         self._log_task = asyncio.create_task(self._keep_logs(), name="node-logbook")
         data_dir = self.config.paths.data_dir
         self._lock = await asyncio.to_thread(DataDirLock.acquire, data_dir)
@@ -138,7 +144,7 @@ class Node(JobCommands, PeerCommands):
         if self.config.api.enabled:
             from fabstir_tui.engine.api.service import start_api
 
-            self._api = await start_api(self)
+            self._api = await start_api(self, counters)
         self._set_state("running")
         self.log("info", "node", f"node {self.config.node.name} started")
         if self.config.inference.load_at_start:

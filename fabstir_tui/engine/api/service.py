@@ -27,6 +27,7 @@ from fabstir_tui.engine.api.traffic import ApiSnapshot, ApiTraffic
 
 if TYPE_CHECKING:
     from fabstir_tui.config import ApiSection
+    from fabstir_tui.engine.api.metrics import EventCounters
     from fabstir_tui.engine.node import Node
 
 RouteHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -125,14 +126,14 @@ class ApiService:
             await runner.cleanup()
 
 
-async def start_api(node: Node) -> ApiService | None:
+async def start_api(node: Node, counters: EventCounters | None = None) -> ApiService | None:
     """The node's API, started; a failure to bind is logged and the node runs on without it.
-    `/metrics` and `/v1/node/status` are mounted here, so the metrics' event counters start
-    reading the bus with the API (not at the first scrape)."""
+    `/metrics` and `/v1/node/status` are mounted here; `counters` the node started reading
+    the bus with before its chain and jobs began (else they start here)."""
     from fabstir_tui.engine.api.observability import observability_routes
 
     service = ApiService(node)
-    for method, path, handler in observability_routes(node):
+    for method, path, handler in observability_routes(node, counters):
         service.add_route(method, path, handler)
     try:
         await service.start()
