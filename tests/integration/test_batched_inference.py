@@ -321,3 +321,16 @@ def test_score_waits_for_running_sequences(
     assert order.index(("done", "gen")) < order.index(("scored", "s"))
     scored = next(f for f in client.seen if f["ev"] == "scored")
     assert scored["ranks"] and all(rank >= 1 for rank in scored["ranks"])
+
+
+def test_a_score_longer_than_one_sequences_share_is_refused_by_name(
+    workers: Callable[[], WorkerClient], tiny_gguf: Path
+) -> None:
+    """A batched worker's context is slots times n_ctx, but a score pass runs in one sequence:
+    past that sequence's n_ctx it says so (llama_decode failed with a bare code before)."""
+    client = workers()
+    client.load(tiny_gguf, n_ctx=256, slots=4)
+    client.send({"op": "score", "id": "s", "prompt": "hello world " * 200, "output": " world"})
+    *_, failed = client.until(lambda f: f["ev"] in ("failed", "scored") and f.get("id") == "s")
+    assert failed["ev"] == "failed"
+    assert "the context holds 256" in failed["reason"]

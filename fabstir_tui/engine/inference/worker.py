@@ -299,7 +299,11 @@ def score_output(llm: Any, prompt: str, output: str) -> dict[str, Any]:
             break
         common += 1
     start = max(common, 1)  # the first token (BOS) has no position before it to score from
-    n_ctx, n_batch, n_vocab = llm.n_ctx(), llm.n_batch, llm.n_vocab()
+    import llama_cpp
+
+    # One sequence's share: a batched worker's context is slots times this, seq 0 holds only this.
+    n_ctx = int(llama_cpp.llama_n_ctx_seq(llm._ctx.ctx))
+    n_batch, n_vocab = llm.n_batch, llm.n_vocab()
     if len(joint) > n_ctx:
         raise ValueError(
             f"prompt + output are {len(joint)} tokens but the context holds {n_ctx}; "
