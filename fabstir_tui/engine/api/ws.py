@@ -389,6 +389,11 @@ class _Connection:
             why = f"no request {request_id[:80]!r} is queued or running"
             await self.send(wire.error("unknown_request", why, 404, request_id))
             return
+        if run.job is not None and run.job.finished:
+            # The run is over and its end (with the receipt the node records as delivered)
+            # is on its way: cutting it now would say "cancelled" for a run that is charged.
+            await asyncio.wait({run.task})
+            return
         run.task.cancel()
         await asyncio.wait({run.task})
         if run.ended:  # it finished before the cancel reached it
