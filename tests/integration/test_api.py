@@ -97,6 +97,7 @@ async def test_completions_match_the_engine_whole_streamed_and_through_openai(
         assert "".join(pieces) == chat_expected and chat_expected
         counted = received[-1]  # include_usage: a last chunk with no choices, the usage
         assert counted.choices == [] and counted.usage is not None
+        assert all(c.usage is None for c in received[:-1])  # once: summing clients count right
         used = counted.usage
         assert 0 < used.completion_tokens <= settings["max_tokens"]
         assert used.total_tokens == used.prompt_tokens + used.completion_tokens

@@ -150,7 +150,8 @@ class Routes:
             return web.json_response(reply.whole(done.output, "stop", counts, extra))
         response = web.StreamResponse(headers=SSE_HEADERS)
         await response.prepare(request)
-        tail = reply.chunk(done.output, first=True, finish="stop", usage=counts, extra=extra)
+        on_tail = None if ask.include_usage else counts  # a usage chunk follows: usage once
+        tail = reply.chunk(done.output, first=True, finish="stop", usage=on_tail, extra=extra)
         await response.write(_sse(tail) + _usage_and_done(reply, counts, ask.include_usage))
         return response
 
@@ -185,7 +186,7 @@ class Routes:
                             None,
                             first=first,
                             finish=finish_reason(end.finish_reason),
-                            usage=counts,
+                            usage=None if include_usage else counts,  # else in its chunk
                             extra=_extra(end),
                         )
                         done = _usage_and_done(reply, counts, include_usage)
