@@ -343,7 +343,9 @@ def _validate_layer(
                 loc = error["loc"]
                 key = ".".join(str(part) for part in loc[:2])
                 if key not in pending:  # a rule across a section's values
-                    source = next(iter(layer.sources.values()), "config")
+                    section = f"{loc[0]}." if loc else ""
+                    named = {src for k, src in layer.sources.items() if k.startswith(section)}
+                    source = ", ".join(sorted(named)) or "config"
                     problems.append(f"{source}: {_rule_broken(error)}")
                     continue
                 bad.add(key)

@@ -46,7 +46,10 @@ def fetch_status(base_url: str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
-        detail = _error_sentence(exc.read())
+        try:
+            detail = _error_sentence(exc.read())
+        except (OSError, http.client.HTTPException):
+            detail = ""
         raise StatusUnavailable(
             f"{url} answered HTTP {exc.code}{detail}: the node runs but did not give its "
             "status; see its log"
@@ -55,16 +58,17 @@ def fetch_status(base_url: str, timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
         reason = exc.reason
         why = getattr(reason, "strerror", None) or str(reason)
         raise StatusUnavailable(f"no node answers at {url} ({why}): {hint}") from None
-    except OSError as exc:  # timeouts, refused or reset connections
-        why = exc.strerror or type(exc).__name__
-        raise StatusUnavailable(f"no node answers at {url} ({why}): {hint}") from None
     except (http.client.InvalidURL, ValueError) as exc:  # a port not a number, an open [
         raise StatusUnavailable(f"{url} is not a URL this can dial ({exc})") from None
-    except http.client.HTTPException as exc:  # not HTTP at all, or cut off mid-answer
+    # Before OSError: a peer that accepts and hangs up (RemoteDisconnected) is both.
+    except http.client.HTTPException as exc:  # not HTTP, or cut off mid-answer
         raise StatusUnavailable(
             f"{url} did not answer in HTTP ({type(exc).__name__}): is that address another "
             "program's, or did the node stop? Pass --url with the node's API address"
         ) from None
+    except OSError as exc:  # timeouts, refused or reset connections
+        why = exc.strerror or type(exc).__name__
+        raise StatusUnavailable(f"no node answers at {url} ({why}): {hint}") from None
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):

@@ -288,6 +288,7 @@ def _http(body: bytes) -> bytes:
     ("answer", "said"),
     [
         (b"SSH-2.0-OpenSSH_9.2\r\n", "did not answer in HTTP"),
+        (b"", "did not answer in HTTP"),  # accepts, then hangs up
         (_http(b"{}"), "not a fabstir-tui status document"),
         (_http(b"<html>a proxy's page</html>"), "not with JSON"),
         (_http(b'{"name": "n", "state": "running", "version": "1", "models": 3}'), "cannot show"),

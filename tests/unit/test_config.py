@@ -336,3 +336,15 @@ def test_a_batch_smaller_than_the_slots_is_refused_naming_each_source(
     )
     ok = load_config(batch, env={"FABSTIR_INFERENCE__SLOTS": "3"}, default_file=no_default)
     assert (ok.config.inference.batch_size, ok.config.inference.slots) == (3, 3)
+
+    env = {
+        "FABSTIR_API__LISTEN": "127.0.0.1:9",  # same layer, another section: not to blame
+        "FABSTIR_INFERENCE__BATCH_SIZE": "3",
+        "FABSTIR_INFERENCE__SLOTS": "4",
+    }
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(env=env, default_file=no_default)
+    [problem] = problems(excinfo)
+    assert problem.startswith(
+        "env FABSTIR_INFERENCE__BATCH_SIZE, env FABSTIR_INFERENCE__SLOTS: inference: "
+    )

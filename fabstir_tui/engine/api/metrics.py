@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # Settled statuses that mean the transaction did not do its work ("replaced" is a speed-up).
 TX_ERROR_STATUSES = ("failed", "dropped")
 TX_FINAL_STATUSES = ("mined", "failed", "replaced", "dropped")
-_ENDED_STATES = ("stopping", "stopped")
+_ENDED_STATES = ("stopping", "stopped", "failed")  # "failed": the start failed for good
 # A speed from fewer tokens is a few token gaps wide: a 2-token reply reads thousands a second
 # (the models screen's median skips them too).
 MIN_SPEED_TOKENS = 8
