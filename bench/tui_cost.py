@@ -105,7 +105,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     blocks: list[dict[str, Any]] = []
     for round_no in range(args.rounds):
-        for under_tui in (False, True):
+        # Alternate which side goes first, so a machine warming or cooling favours neither.
+        for under_tui in (False, True) if round_no % 2 == 0 else (True, False):
             found = await block(
                 model,
                 tui=under_tui,
@@ -129,13 +130,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_s": round(tui["tokens_per_s_median"] / headless["tokens_per_s_median"], 3),
         "ttft": round(tui["ttft_ms_median"] / headless["ttft_ms_median"], 3),
     }
+    by_round = {(b["round"], b["side"]): b for b in blocks}
     pairs = [
         round(
-            statistics.median(t["decode_tokens_per_s"])
-            / statistics.median(h["decode_tokens_per_s"]),
+            statistics.median(by_round[(r, "tui")]["decode_tokens_per_s"])
+            / statistics.median(by_round[(r, "headless")]["decode_tokens_per_s"]),
             3,
         )
-        for h, t in zip(blocks[0::2], blocks[1::2], strict=True)
+        for r in range(args.rounds)
     ]
     ratio["decode_per_round"] = pairs
     ratio["decode_per_round_median"] = round(statistics.median(pairs), 3)
@@ -146,7 +148,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "config": {
             "runs_per_block": args.runs,
             "rounds": args.rounds,
-            "order": "headless, tui per round",
+            "order": "headless first in even rounds, tui first in odd rounds",
             "max_tokens": args.max_tokens,
             "threads": args.threads,
             "prompt": PROMPT,
