@@ -96,3 +96,23 @@ def data_of(line: str) -> Any:
     assert line.startswith("data: "), line
     text = line[len("data: ") :]
     return text if text == "[DONE]" else json.loads(text)
+
+
+class ReceiptHold:
+    """Instrumentation, not a double: the runner's real receipt step waits (after `signing`
+    is set) until the test sets `go`, holding open the window between a run's end and its
+    record so a test can land a cancel or a disconnect inside it."""
+
+    def __init__(self, monkeypatch: Any) -> None:
+        from fabstir_tui.engine.serving.runner import RequestRunner
+
+        self.signing, self.go = asyncio.Event(), asyncio.Event()
+        issue = RequestRunner._receipt_for
+        hold = self
+
+        async def held_receipt(runner: RequestRunner, job: Any, end: Any) -> Any:
+            hold.signing.set()
+            await hold.go.wait()
+            return await issue(runner, job, end)
+
+        monkeypatch.setattr(RequestRunner, "_receipt_for", held_receipt)

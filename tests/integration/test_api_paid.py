@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from api_kit import ReceiptHold
 from eth_utils.crypto import keccak
 from pipeline_kit import Rig, api_paid_node, make_rig, until
 
@@ -20,7 +21,6 @@ from fabstir_tui.engine.chain import Anvil
 from fabstir_tui.engine.chain.anvil import anvil_account
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, authorization_header, sign_request
 from fabstir_tui.engine.serving import links
-from fabstir_tui.engine.serving.runner import RequestRunner
 
 PROMPT = "Once upon a time"
 SUBMITTED = 3  # JobMarketplace.JobStatus
@@ -136,17 +136,7 @@ async def test_a_signed_completion_for_a_claimed_job_is_served_and_submitted(
 async def test_a_client_gone_while_its_receipt_is_signed_still_has_its_job_submitted(
     tmp_path: Path, tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Instrumentation, not a double: the real receipt is issued once the test has closed the
-    # client's connection, so the cancel lands inside the window between run end and record.
-    signing, go = asyncio.Event(), asyncio.Event()
-    issue = RequestRunner._receipt_for
-
-    async def held_receipt(self: RequestRunner, job: Any, end: Any) -> Any:
-        signing.set()
-        await go.wait()
-        return await issue(self, job, end)
-
-    monkeypatch.setattr(RequestRunner, "_receipt_for", held_receipt)
+    held = ReceiptHold(monkeypatch)  # the client leaves between the run's end and its record
     with Anvil(chain_id=31337, accounts=4) as anvil:
         rig = make_rig(anvil, tiny_gguf, tmp_path)
         node = await api_paid_node(rig)
@@ -177,17 +167,17 @@ async def test_a_client_gone_while_its_receipt_is_signed_still_has_its_job_submi
                         pass
 
             reading = asyncio.create_task(client())
-            await until(signing.is_set, doing="the run's end")
+            await until(held.signing.is_set, doing="the run's end")
             reading.cancel()  # the client leaves while its receipt is being signed
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
             api = node.api_status
             await until(lambda: (s := api()) is not None and s.open_requests == 0)
-            go.set()
+            held.go.set()
             await until(lambda: rig.job(job_id)["status"] == SUBMITTED, doing="the submit")
             assert node.jobs is not None and not node.jobs.runs.active(rig.key(job_id))
         finally:
-            go.set()
+            held.go.set()
             await node.stop()
 
 

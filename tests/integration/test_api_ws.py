@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from api_kit import KEY, PROMPT, api_node, bearer, model_id, url
+from api_kit import KEY, PROMPT, ReceiptHold, api_node, bearer, model_id, url
 from pipeline_kit import (
     FEE_BPS,
     PRICE,
@@ -34,7 +34,6 @@ from fabstir_tui.engine.jobs.records import JobKey
 from fabstir_tui.engine.jobs.states import JobKind, JobState
 from fabstir_tui.engine.p2p.request_auth import AuthDomain, sign_request
 from fabstir_tui.engine.proofs import ZERO_HASH, parse_receipt, receipt_hash
-from fabstir_tui.engine.serving.runner import RequestRunner
 
 WS = aiohttp.ClientWebSocketResponse
 LONG = 3500  # tokens: far more than are generated before the test cancels
@@ -366,17 +365,7 @@ async def test_a_paid_session_over_ws_chains_its_receipts_and_is_paid(
 async def test_a_cancel_after_the_run_ended_gets_the_real_end_not_cancelled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Instrumentation, not a double: the end's receipt step is held open until the cancel has
-    # reached the node, the window where the run is over (and charged) but its end not sent.
-    signing, go = asyncio.Event(), asyncio.Event()
-    issue = RequestRunner._receipt_for
-
-    async def held_receipt(self: RequestRunner, job: Any, end: Any) -> Any:
-        signing.set()
-        await go.wait()
-        return await issue(self, job, end)
-
-    monkeypatch.setattr(RequestRunner, "_receipt_for", held_receipt)
+    held = ReceiptHold(monkeypatch)  # the run is over (and charged), its end not yet sent
     async with api_node(tmp_path) as node, aiohttp.ClientSession() as http:
         [model] = node.list_models()
         async with http.ws_connect(url(node, "/v1/ws"), headers=bearer()) as ws:
@@ -384,10 +373,10 @@ async def test_a_cancel_after_the_run_ended_gets_the_real_end_not_cancelled(
             assert (await receive(ws))["type"] == "ready"
             await ws.send_json({"type": "prompt", "id": "r", "prompt": PROMPT, "max_tokens": 6})
             async with asyncio.timeout(60):
-                await signing.wait()
+                await held.signing.wait()
             await ws.send_json({"type": "cancel", "id": "r"})
             await asyncio.sleep(0.2)  # the cancel is read while the receipt step is held
-            go.set()
+            held.go.set()
             messages = await until_done(ws, "r")
         ends = [m for m in messages if m["type"] == "end"]
         assert [e["finish_reason"] for e in ends] == ["length"]
