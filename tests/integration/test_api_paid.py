@@ -41,6 +41,12 @@ def signed_headers(rig: Rig, job_id: int, prompt: str, key: bytes | None = None)
     return {"Authorization": authorization_header(signed)}
 
 
+def paid_ask(rig: Rig, job_id: int, **extra: Any) -> dict[str, Any]:
+    """A greedy completion of PROMPT for the job, by the model it was posted for."""
+    ask = {"model": "0x" + rig.model_sha, "prompt": PROMPT, "temperature": 0.0}
+    return {**ask, "job_id": str(job_id), **extra}
+
+
 @pytest.mark.slow
 async def test_a_signed_completion_for_a_claimed_job_is_served_and_submitted(
     tmp_path: Path, tiny_gguf: Path
@@ -57,13 +63,7 @@ async def test_a_signed_completion_for_a_claimed_job_is_served_and_submitted(
             await until(lambda: len(node.jobs_snapshot().market) == 3)
             await node.claim_job(rig.key(job_id))
             await node.claim_job(rig.key(streamed_id))
-            ask: dict[str, Any] = {
-                "model": "0x" + rig.model_sha,
-                "prompt": PROMPT,
-                "max_tokens": 16,
-                "temperature": 0.0,
-                "job_id": str(job_id),
-            }
+            ask = paid_ask(rig, job_id, max_tokens=16)
             async with aiohttp.ClientSession() as http:
                 other = {**ask, "prompt": "a job this node never claimed", "job_id": other_id}
                 headers = signed_headers(rig, other_id, other["prompt"])
@@ -145,14 +145,7 @@ async def test_a_client_gone_while_its_receipt_is_signed_still_has_its_job_submi
             job_id = rig.post(PROMPT)
             await until(lambda: len(node.jobs_snapshot().market) == 1)
             await node.claim_job(rig.key(job_id))
-            ask = {
-                "model": "0x" + rig.model_sha,
-                "prompt": PROMPT,
-                "max_tokens": 8,
-                "temperature": 0.0,
-                "job_id": str(job_id),
-                "stream": True,
-            }
+            ask = paid_ask(rig, job_id, max_tokens=8, stream=True)
 
             async def client() -> None:
                 async with (
@@ -204,14 +197,7 @@ async def test_a_stream_cut_at_its_deadline_keeps_every_token_made_then_says_why
             await until(lambda: any(v.key == key for v in node.jobs_snapshot().market))
             await node.claim_job(key)
             await until(lambda: not node.jobs.book.pending_effects())
-            ask = {
-                "model": "0x" + rig.model_sha,
-                "prompt": PROMPT,
-                "max_tokens": 3000,
-                "temperature": 0.0,
-                "job_id": str(job_id),
-                "stream": True,
-            }
+            ask = paid_ask(rig, job_id, max_tokens=3000, stream=True)
             events: list[dict[str, Any]] = []
             async with (
                 aiohttp.ClientSession() as http,
@@ -256,13 +242,7 @@ async def test_a_second_request_for_a_job_already_queued_is_busy_and_the_first_i
             job_id = rig.post(PROMPT)
             await until(lambda: len(node.jobs_snapshot().market) == 1)
             await node.claim_job(rig.key(job_id))
-            ask = {
-                "model": "0x" + rig.model_sha,
-                "prompt": PROMPT,
-                "max_tokens": 8,
-                "temperature": 0.0,
-                "job_id": str(job_id),
-            }
+            ask = paid_ask(rig, job_id, max_tokens=8)
             [model] = node.list_models()
             lease = await node.models.slot_queue(model.path).acquire()  # the first must wait
             async with aiohttp.ClientSession() as http:

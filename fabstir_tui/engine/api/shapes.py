@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fabstir_tui.engine.api.errors import ApiError
+from fabstir_tui.engine.p2p.frames import has_lone_surrogate
 
 Kind = Literal["completion", "chat"]
 MAX_STOPS = 4
@@ -72,10 +73,8 @@ def _stops(body: dict[str, Any]) -> tuple[str, ...]:
 
 def _text(field: str, text: str) -> str:
     """Text the model and the hashes can take: a lone surrogate (JSON's \\ud800) cannot."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise _bad(field, "contains a lone UTF-16 surrogate (not a character)") from None
+    if has_lone_surrogate(text):
+        raise _bad(field, "contains a lone UTF-16 surrogate (not a character)")
     return text
 
 

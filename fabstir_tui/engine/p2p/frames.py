@@ -128,7 +128,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _has_lone_surrogate(obj: Any) -> bool:
+def has_lone_surrogate(obj: Any) -> bool:
     """True when any str in the tree cannot be UTF-8 encoded (a lone ``\\udXXX`` escape)."""
     stack: list[Any] = [obj]
     while stack:
@@ -190,7 +190,7 @@ def decode_body(body: bytes | bytearray) -> dict[str, Any]:
         raise MalformedFrame(f"frame has an unreadable value: {str(exc)[:120]}") from exc
     if not isinstance(obj, dict):
         raise MalformedFrame(f"frame is a JSON {type(obj).__name__}, not an object")
-    if "\\u" in text and _has_lone_surrogate(obj):
+    if "\\u" in text and has_lone_surrogate(obj):
         raise MalformedFrame("frame has a lone UTF-16 surrogate escape")
     return obj
 
